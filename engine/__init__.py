@@ -1,0 +1,1 @@
+"""The generation engine: models, pipeline, media, CLI commands."""

@@ -1,0 +1,196 @@
+"""The engine's commands: ``magic141 generate`` and ``magic141 info``.
+
+Parsing stays import-light (no torch) so ``magic141 --help`` is instant; handlers import the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+QUANT_CHOICES = ("none", "int8", "fp8")
+
+
+def _seconds(text: str) -> Fraction:
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"--seconds must be a number such as 2 or 2.5, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--seconds must be positive, got {text!r}")
+    return value
+
+
+def _fps(text: str) -> Fraction:
+    from .media import parse_fps  # no torch in media
+    from .errors import InvalidInput
+
+    try:
+        return parse_fps(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"--seed must be between 0 and 2**63-1, got {value}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="tiny", help="tiny, a diffusers directory, or a DiT checkpoint file")
+    group.add_argument("--components", help="for a single-file checkpoint: where the VAE and text encoders are")
+    group.add_argument(
+        "--allow-pickle", action="store_true", help="allow .pt/.pth/.ckpt checkpoints (loaded weights_only)"
+    )
+    group.add_argument("--quant", choices=QUANT_CHOICES, default="none", help="DiT weights (default: none)")
+    group.add_argument("--text-quant", choices=QUANT_CHOICES, default="none", help="text encoder weights")
+    group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    group.add_argument("--offload", action="store_true", help="lowest memory: one component on the device at a time")
+    group.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large frames)")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="generate a video from an image (or from text) and a prompt")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--image", type=Path, help="first frame; without it a text-to-image model makes one")
+    gen.add_argument("--out", type=Path, required=True, help="output .mp4 (h264) or .mov (prores)")
+    gen.add_argument("--seconds", type=_seconds, default=Fraction(5))
+    gen.add_argument("--fps", type=_fps, default=Fraction(24), help="e.g. 24, 25, 24000/1001 (kept exact)")
+    gen.add_argument("--seed", type=_seed, default=0)
+    gen.add_argument("--steps", type=_positive("--steps"), help="default: 4 for distilled weights, 50 for base")
+    gen.add_argument("--shift", type=float, default=5.0, help="flow-matching timestep shift (default 5)")
+    gen.add_argument("--cfg", type=float, help="true CFG scale; 1 disables (default: 1 distilled, 6 base)")
+    gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--height", type=_positive("--height"))
+    gen.add_argument("--width", type=_positive("--width"))
+    gen.add_argument("--codec", choices=("h264", "prores"), help="default: from the --out suffix")
+    gen.add_argument("--conditioning", choices=("magic141", "diffusers"), help="default: what the weights expect")
+    gen.add_argument("--window-overlap", type=_positive("--window-overlap"), default=2, metavar="K",
+                     help="latent frames each sliding window carries over (default 2)")
+    gen.add_argument("--t2i", help="text-to-image model for the first frame: tiny or a diffusers directory")
+    gen.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_options(gen)
+    gen.set_defaults(handler=run_generate)
+
+    info = commands.add_parser("info", help="describe a model: architecture, parameters, dtype, memory")
+    add_model_options(info)
+    info.add_argument("--height", type=_positive("--height"))
+    info.add_argument("--width", type=_positive("--width"))
+    info.add_argument("--seconds", type=_seconds, default=Fraction(5))
+    info.set_defaults(handler=run_info)
+
+
+def _codec_for(args) -> str:
+    if args.codec:
+        return args.codec
+    return "prores" if args.out.suffix.lower() == ".mov" else "h264"
+
+
+class _ProgressBar:
+    """One tqdm bar per window, on stderr."""
+
+    def __init__(self) -> None:
+        self._bar = None
+        self._window = 0
+
+    def __call__(self, step) -> None:
+        from tqdm import tqdm
+
+        if step.window != self._window:
+            self.close()
+            self._window = step.window
+            label = f"window {step.window}/{step.windows}" if step.windows > 1 else "denoising"
+            self._bar = tqdm(total=step.total, desc=label, unit="step", file=sys.stderr, leave=True)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _load_engine(args, t2i=None):
+    from .generate import Engine
+
+    return Engine.load(
+        args.model,
+        device=args.device,
+        quant=args.quant,
+        text_quant=args.text_quant,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        components=args.components,
+        allow_pickle=args.allow_pickle,
+        t2i=t2i,
+    )
+
+
+def run_generate(args) -> int:
+    from .generate import GenerateRequest
+    from .pipeline_output import CancelToken
+
+    request = GenerateRequest(
+        prompt=args.prompt,
+        out=args.out,
+        image=args.image,
+        seconds=args.seconds,
+        fps=args.fps,
+        seed=args.seed,
+        steps=args.steps,
+        shift=args.shift,
+        guidance=args.cfg,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        codec=_codec_for(args),
+        conditioning=args.conditioning,
+        window_overlap=args.window_overlap,
+    )
+    engine = _load_engine(args, t2i=args.t2i)
+    bar = _ProgressBar()
+    cancel = CancelToken()
+    try:
+        result = engine.generate(request, progress=bar, cancel=cancel)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        fps = f"{result.fps.numerator}/{result.fps.denominator}" if result.fps.denominator != 1 else result.fps
+        windows = f", {result.windows} windows" if result.windows > 1 else ""
+        print(
+            f"wrote {result.path}: {result.frames} frames at {fps} fps, {result.width}x{result.height} "
+            f"{result.codec}{windows}, in {result.timings['total']:.1f} s"
+        )
+    return 0
+
+
+def run_info(args) -> int:
+    from .generate import Engine
+    from .memory import estimate_for
+
+    engine = _load_engine(args)
+    print(engine.describe(estimate_for(engine, height=args.height, width=args.width, seconds=args.seconds)))
+    return 0

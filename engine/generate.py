@@ -1,0 +1,313 @@
+"""One generation job, end to end: a warm ``Engine`` turns a ``GenerateRequest`` into a video file.
+
+first frame (the image, or text-to-image) -> windows of native 24 fps frames (the pipeline, chained
+by the sliding window) -> conformed to the requested rational rate -> written atomically.
+Frames stream to the writer as windows finish, so a minute of video never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from . import media
+from .conditioning import CONDITIONINGS
+from .errors import InvalidInput
+from .models import TINY, LoadedModel, load_model
+from .pipeline import Magic141Pipeline
+from .pipeline_output import CancelToken, StepProgress
+from .window import ColourAnchor, crossfade, plan_windows
+
+CODECS = ("h264", "prores")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Everything one job asks for. ``None`` means "the model's default"."""
+
+    prompt: str
+    out: Path
+    image: Path | None = None
+    seconds: Fraction = Fraction(5)
+    fps: Fraction = Fraction(24)
+    seed: int = 0
+    steps: int | None = None
+    shift: float = 5.0
+    guidance: float | None = None
+    negative_prompt: str = ""
+    height: int | None = None
+    width: int | None = None
+    codec: str = "h264"
+    conditioning: str | None = None
+    window_overlap: int = 2  # K latent frames carried into the next window
+    colour_anchor: float = 1.0
+    preview: bool = False
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    path: Path
+    frames: int
+    fps: Fraction
+    width: int
+    height: int
+    codec: str
+    windows: int
+    settings: dict  # what was actually used, defaults resolved
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["fps"] = f"{self.fps.numerator}/{self.fps.denominator}"
+        return data
+
+
+def bucket_size(aspect: float, area: int, multiple: int) -> tuple[int, int]:
+    """(height, width), multiples of ``multiple``, of about ``area`` pixels and the given aspect (w/h)."""
+    height = max(multiple, round((area / aspect) ** 0.5 / multiple) * multiple)
+    width = max(multiple, round((area * aspect) ** 0.5 / multiple) * multiple)
+    return height, width
+
+
+def fit_image(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
+    """Centre-crop to the target aspect, then resize: never stretch the editor's frame."""
+    scale = max(width / image.width, height / image.height)
+    crop_w, crop_h = round(width / scale), round(height / scale)
+    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), PIL.Image.LANCZOS)
+
+
+class Engine:
+    """A loaded model and its pipeline, kept warm between jobs."""
+
+    def __init__(self, model: LoadedModel, pipe: Magic141Pipeline, *, t2i: str | None) -> None:
+        self.model = model
+        self.pipe = pipe
+        self.t2i_source = t2i
+        self._t2i = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str = TINY,
+        *,
+        device: str | None = None,
+        quant: str = "none",
+        text_quant: str = "none",
+        offload: bool = False,
+        vae_tiling: bool = False,
+        release_text_encoders: bool = True,
+        components: str | None = None,
+        allow_pickle: bool = False,
+        t2i: str | None = None,
+    ) -> Engine:
+        from .quant import quantize
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = load_model(model, device=device, components=components, allow_pickle=allow_pickle)
+        parts = loaded.components
+        quantize(parts["transformer"], quant)
+        if text_quant != "none":
+            quantize(parts["text_encoder"], text_quant)
+        if vae_tiling:
+            parts["vae"].enable_tiling()
+        pipe = Magic141Pipeline(
+            **parts, device=device, offload=offload, release_text_encoders=release_text_encoders
+        )
+        return cls(loaded, pipe, t2i=t2i if t2i is not None else (TINY if model == TINY else None))
+
+    # Settings ------------------------------------------------------------------------------
+
+    def resolve(self, request: GenerateRequest, image: PIL.Image.Image | None) -> GenerateRequest:
+        """Fill the model's defaults in and check the request before any heavy work."""
+        info = self.model.info
+        if not request.prompt.strip():
+            raise InvalidInput("--prompt is empty; describe what should happen in the clip")
+        if request.seconds <= 0:
+            raise InvalidInput(f"--seconds must be positive, got {request.seconds}")
+        if request.codec not in CODECS:
+            raise InvalidInput(f"--codec must be one of {', '.join(CODECS)}, got {request.codec!r}")
+        conditioning = request.conditioning or info.conditioning
+        if conditioning not in CONDITIONINGS:
+            raise InvalidInput(f"--conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")
+        height, width = request.height, request.width
+        multiple = self.pipe.size_multiple
+        if height is None or width is None:
+            default_h, default_w = info.default_size
+            aspect = image.width / image.height if image is not None else default_w / default_h
+            bucket_h, bucket_w = bucket_size(aspect, default_h * default_w, multiple)
+            height, width = height or bucket_h, width or bucket_w
+        for name, value in (("--height", height), ("--width", width)):
+            if value <= 0 or value % multiple:
+                raise InvalidInput(f"{name} must be a positive multiple of {multiple}, got {value}")
+        return replace(
+            request,
+            conditioning=conditioning,
+            steps=request.steps or info.default_steps,
+            guidance=request.guidance if request.guidance is not None else info.default_guidance,
+            height=height,
+            width=width,
+        )
+
+    def first_frame(self, request: GenerateRequest) -> PIL.Image.Image:
+        if request.image is not None:
+            return media.load_image(request.image)
+        if self.t2i_source is None:
+            raise InvalidInput("no --image given: pass --image, or --t2i DIR for a text-to-image model")
+        from .t2i import generate_first_frame, load_t2i
+
+        if self._t2i is None:
+            self._t2i = load_t2i(self.t2i_source, device=self.pipe.device)
+        default_h, default_w = self.model.info.default_size
+        height = request.height or default_h
+        width = request.width or default_w
+        return generate_first_frame(self._t2i, request.prompt, height=height, width=width, seed=request.seed)
+
+    # The job -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerateRequest,
+        *,
+        progress: Callable[[StepProgress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerateResult:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        n_out = media.frame_count(request.seconds, request.fps)
+        out = Path(request.out)
+        media.check_output_path(out, request.codec)
+        clock = time.perf_counter()
+        image = self.first_frame(request)
+        timings["first_frame"] = time.perf_counter() - clock
+        request = self.resolve(request, image)
+        image = fit_image(image, request.height, request.width)
+
+        info, pipe = self.model.info, self.pipe
+        native = media.native_frames_needed(n_out, request.fps, info.native_fps)
+        plans = plan_windows(
+            native,
+            window_frames=info.window_frames,
+            overlap_latents=request.window_overlap,
+            dropped=pipe.frames_dropped(request.conditioning),
+            multiple=pipe.frame_multiple,
+        )
+        indices = media.conform_indices(n_out, request.fps, info.native_fps)
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        common = dict(
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.steps,
+            shift=request.shift,
+            guidance_scale=request.guidance,
+            conditioning=request.conditioning,
+            generator=generator,
+            cancel=cancel,
+            preview=request.preview,
+        )
+
+        clock = time.perf_counter()
+        embeds = pipe.encode_prompt(image, request.prompt, request.conditioning)
+        negative = None
+        if request.guidance > 1.0:
+            black = PIL.Image.new("RGB", (request.width, request.height), 0)
+            negative = pipe.encode_prompt(black, request.negative_prompt, request.conditioning)
+        pipe.restore_text_encoders()
+        timings["encode"] = time.perf_counter() - clock
+
+        metadata = {"comment": f"magic141 prompt={request.prompt!r} seed={request.seed} model={info.name}"}
+        stage_totals = {"condition": 0.0, "denoise": 0.0, "decode": 0.0, "write": 0.0}
+        with media.VideoWriter(
+            out, fps=request.fps, codec=request.codec, width=request.width, height=request.height, metadata=metadata
+        ) as writer:
+            emitted = 0  # native frames handed to the writer
+            next_out = 0  # next output frame index
+            tail = torch.empty(0)  # native frames made but not final (the next window blends over them)
+            anchor: ColourAnchor | None = None
+
+            def emit(frames: torch.Tensor) -> None:
+                nonlocal emitted, next_out
+                stop = emitted + frames.shape[0]
+                picks = []
+                while next_out < n_out and indices[next_out] < stop:
+                    picks.append(indices[next_out] - emitted)
+                    next_out += 1
+                if picks:
+                    clock = time.perf_counter()
+                    chunk = frames[picks].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+                    writer.write(np.ascontiguousarray(chunk))
+                    stage_totals["write"] += time.perf_counter() - clock
+                emitted = stop
+
+            for number, plan in enumerate(plans):
+                def report(step: StepProgress, plan=plan) -> None:
+                    if progress is not None:
+                        progress(replace(step, window=plan.index, windows=len(plans)))
+
+                condition_video = None
+                if plan.index > 1:  # pixels [1, 3, frames, H, W] in [-1, 1]
+                    condition_video = tail[-plan.condition_frames :].permute(3, 0, 1, 2)[None] * 2 - 1
+                result = pipe(
+                    image,
+                    request.prompt,
+                    num_frames=plan.frames,
+                    condition_video=condition_video,
+                    prompt_embeds=embeds,
+                    negative_prompt_embeds=negative,
+                    progress=report,
+                    **common,
+                )
+                stage_totals["denoise"] += result.timings["denoise"]
+                stage_totals["decode"] += result.timings["decode"]
+                stage_totals["condition"] += result.timings["encode"]
+                frames = result.frames
+                if anchor is None:
+                    anchor = ColourAnchor(frames, request.colour_anchor)
+                else:
+                    frames = anchor.apply(frames)
+                if plan.blend:
+                    blended = crossfade(tail[-plan.blend :], frames[: plan.blend])
+                    frames = torch.cat([tail[: -plan.blend], blended, frames[plan.blend :]])
+                else:
+                    frames = torch.cat([tail, frames]) if tail.numel() else frames
+                # Keep back what the next window conditions on and blends over.
+                keep = plans[number + 1].condition_frames if number + 1 < len(plans) else 0
+                final, tail = frames[: frames.shape[0] - keep], frames[frames.shape[0] - keep :]
+                emit(final)
+            if next_out != n_out:
+                raise RuntimeError(f"internal error: wrote {next_out} of {n_out} frames")
+        timings.update(stage_totals)
+        timings["total"] = time.perf_counter() - started
+        settings = {
+            "model": info.name,
+            "prompt": request.prompt,
+            "seed": request.seed,
+            "steps": request.steps,
+            "shift": request.shift,
+            "guidance": request.guidance,
+            "conditioning": request.conditioning,
+            "height": request.height,
+            "width": request.width,
+            "seconds": str(request.seconds),
+            "native_frames": native,
+            "window_overlap": request.window_overlap,
+        }
+        return GenerateResult(
+            path=out,
+            frames=n_out,
+            fps=request.fps,
+            width=request.width,
+            height=request.height,
+            codec=request.codec,
+            windows=len(plans),
+            settings=settings,
+            timings=timings,
+        )

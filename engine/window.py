@@ -1,0 +1,87 @@
+"""Sliding window for long video: plan the windows, blend their seams, anchor their colour.
+
+Window k > 1 is conditioned on the last ``K`` latent frames of the video so far: its last
+``4(K-1)+1`` output frames are encoded again by the causal VAE (so the condition latents have the
+same causal structure as a first window's), placed in the condition channels, and marked by the
+mask channel. The window regenerates those frames too; where old and new overlap they are
+cross-faded. Each window's colour statistics are matched to the first window's, so exposure and
+colour do not drift over a minute of chained windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    index: int  # 1-based
+    frames: int  # native frames the pipeline generates (4k+1)
+    condition_frames: int  # pixel frames of the condition (1 = the image)
+    start: int  # global index of the window's first output frame (after dropped frames)
+    blend: int  # how many of its first output frames overlap frames already made
+
+
+def _round_up(n: int, multiple: int) -> int:
+    """Smallest ``multiple*k + 1 >= n``."""
+    return max(1, -(-(n - 1) // multiple)) * multiple + 1
+
+
+def plan_windows(
+    total: int, *, window_frames: int, overlap_latents: int, dropped: int = 0, multiple: int = 4
+) -> list[WindowPlan]:
+    """Windows that together give exactly ``total`` output frames (windows are trimmed, not padded)."""
+    if total < 1:
+        raise InvalidInput(f"the video needs at least one frame, got {total}")
+    if overlap_latents < 1:
+        raise InvalidInput(f"window overlap must be at least 1 latent frame, got {overlap_latents}")
+    overlap = (overlap_latents - 1) * multiple + 1
+    if overlap - dropped < 1:
+        raise InvalidInput(
+            f"a window overlap of {overlap_latents} latent frames leaves nothing to blend after {dropped} "
+            f"dropped frames; use at least {dropped // multiple + 2}"
+        )
+    if window_frames - overlap < multiple:
+        raise InvalidInput(
+            f"window overlap of {overlap_latents} latent frames leaves no new frames in a "
+            f"{window_frames}-frame window"
+        )
+    first = min(window_frames, _round_up(total + dropped, multiple))
+    plans = [WindowPlan(1, first, 1, 0, 0)]
+    made = first - dropped
+    while made < total:
+        frames = min(window_frames, _round_up(overlap + total - made, multiple))
+        start = made - overlap + dropped
+        plans.append(WindowPlan(len(plans) + 1, frames, overlap, start, overlap - dropped))
+        made = start + frames - dropped
+    return plans
+
+
+def crossfade(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Blend overlapping frames [n, H, W, 3]: the weight moves linearly from old to new."""
+    n = old.shape[0]
+    weight = torch.arange(1, n + 1, dtype=old.dtype).div(n + 1).view(n, 1, 1, 1)
+    return old * (1 - weight) + new * weight
+
+
+class ColourAnchor:
+    """Per-channel mean and standard deviation of the first window; later windows are matched to it."""
+
+    def __init__(self, reference: torch.Tensor, strength: float = 1.0) -> None:
+        self.mean, self.std = self._stats(reference)
+        self.strength = strength
+
+    @staticmethod
+    def _stats(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = frames.reshape(-1, frames.shape[-1]).double()
+        return flat.mean(0), flat.std(0).clamp_min(1e-4)
+
+    def apply(self, frames: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(frames)
+        matched = (frames.double() - mean) * (self.std / std) + self.mean
+        out = frames.double() + self.strength * (matched - frames.double())
+        return out.clamp(0, 1).to(frames.dtype)

@@ -1,0 +1,3 @@
+from magic141.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Timeline and host integration, and the engine client. Never imports torch."""
