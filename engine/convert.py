@@ -38,11 +38,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import CheckpointError, InvalidInput
+
+if TYPE_CHECKING:
+    from diffusers import HunyuanVideoTransformer3DModel
 
 __all__ = [
     "read_state_dict",
@@ -64,7 +67,16 @@ _STRIPPED_PREFIXES = ("module.", "model.", "diffusion_model.")
 
 # The first dotted component of every key, per naming.
 _ORIGINAL_ROOTS = frozenset(
-    {"img_in", "time_in", "guidance_in", "vector_in", "txt_in", "double_blocks", "single_blocks", "final_layer"}
+    {
+        "img_in",
+        "time_in",
+        "guidance_in",
+        "vector_in",
+        "txt_in",
+        "double_blocks",
+        "single_blocks",
+        "final_layer",
+    }
 )
 _DIFFUSERS_ROOTS = frozenset(
     {
@@ -236,7 +248,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} contains no tensors.")
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise CheckpointError(f"checkpoint {path} has a non-string key {key!r} where tensor names belong.")
+            raise CheckpointError(f"checkpoint {path} has a non-string key {key!r} among its tensor names.")
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(
                 f"checkpoint {path} entry '{key}' is a {type(value).__name__}, not a tensor."
@@ -305,9 +317,8 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
                 f"(torch.load weights_only=True) refuses ({_first_line(exc)})."
             ) from exc
         except Exception as exc:  # torch raises many types for truncated or foreign files
-            raise CheckpointError(
-                f"checkpoint {path} could not be read with torch.load ({type(exc).__name__}: {_first_line(exc)})."
-            ) from exc
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            raise CheckpointError(f"checkpoint {path} could not be read with torch.load ({reason}).") from exc
 
     return _strip_prefixes(_unwrap(raw, path))
 
@@ -474,7 +485,8 @@ def _infer_config(
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise InvalidInput(
-            f"unknown transformer config override(s) {', '.join(unknown)}; valid names are {', '.join(valid)}."
+            f"unknown transformer config override(s) {', '.join(unknown)}; "
+            f"valid names are {', '.join(valid)}."
         )
 
     def need(key: str, purpose: str, *alternatives: str) -> torch.Tensor:
@@ -523,7 +535,10 @@ def _infer_config(
     cfg["num_refiner_layers"] = _count_blocks(sd, "txt_in.individual_token_refiner.blocks.")
 
     mlp = need("double_blocks.0.img_mlp.fc1.weight", "mlp_ratio", "single_blocks.0.linear2.weight")
-    mlp_hidden = int(mlp.shape[0]) if "double_blocks.0.img_mlp.fc1.weight" in sd else int(mlp.shape[1]) - hidden
+    if "double_blocks.0.img_mlp.fc1.weight" in sd:
+        mlp_hidden = int(mlp.shape[0])  # fc1: [mlp, hidden]
+    else:
+        mlp_hidden = int(mlp.shape[1]) - hidden  # linear2: [hidden, hidden + mlp]
     cfg["mlp_ratio"] = mlp_hidden / hidden
 
     cfg["guidance_embeds"] = any(key.startswith("guidance_in.") for key in sd)
@@ -592,7 +607,9 @@ def _validate(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tenso
                 f"{source}: tensor '{key}' has shape {_shape(have)}, expected {_shape(want)}."
             )
         if not have.is_floating_point():
-            raise CheckpointError(f"{source}: tensor '{key}' has dtype {have.dtype}, expected floating point.")
+            raise CheckpointError(
+                f"{source}: tensor '{key}' has dtype {have.dtype}, expected a floating-point type."
+            )
         if have.dtype in _FLOAT8_DTYPES:
             raise CheckpointError(
                 f"{source}: tensor '{key}' is stored as {have.dtype}; scaled fp8 checkpoints are not "
@@ -613,8 +630,17 @@ _FLOAT8_DTYPES = frozenset(
 )
 
 
-def _owns_storage(tensor: torch.Tensor) -> bool:
-    return tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+def _needs_own_copy(tensor: torch.Tensor) -> bool:
+    """True for a slice of a fused tensor, or a tensor safetensors placed at an unaligned address.
+
+    Sharing storage breaks later safetensors saves; unaligned data makes CPU kernels take other
+    code paths (results differ in the last bits from a normally allocated model).
+    """
+    owns = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return not owns or tensor.data_ptr() % _ALIGNMENT != 0
+
+
+_ALIGNMENT = 64  # bytes, as torch's CPU allocator aligns
 
 
 def load_transformer_from_single_file(
@@ -623,7 +649,7 @@ def load_transformer_from_single_file(
     allow_pickle: bool = False,
     overrides: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
-):
+) -> HunyuanVideoTransformer3DModel:
     """Load a single-file HunyuanVideo transformer checkpoint (original or diffusers naming).
 
     Reads the file (see :func:`read_state_dict`), converts original naming to diffusers',
@@ -671,8 +697,8 @@ def load_transformer_from_single_file(
         tensor = converted.pop(key)
         if tensor.dtype != dtype:
             tensor = tensor.to(dtype)
-        elif not _owns_storage(tensor):
-            tensor = tensor.clone()  # a slice of a fused tensor: give it its own storage
+        elif _needs_own_copy(tensor):
+            tensor = tensor.clone()  # the source is freed as we go: peak memory is the file + one tensor
         state[key] = tensor
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -689,7 +715,7 @@ def load_transformer_from_single_file(
     return model
 
 
-def save_original_checkpoint(model, path: str | os.PathLike) -> Path:
+def save_original_checkpoint(model: HunyuanVideoTransformer3DModel, path: str | os.PathLike) -> Path:
     """Write a diffusers ``HunyuanVideoTransformer3DModel`` as one safetensors file in the original naming.
 
     The file is written to a temporary name beside ``path`` and renamed into place, so an
@@ -709,8 +735,10 @@ def save_original_checkpoint(model, path: str | os.PathLike) -> Path:
     state = model.state_dict()
     unset = next((key for key, tensor in state.items() if tensor.is_meta), None)
     if unset is not None:
-        raise InvalidInput(f"model tensor '{unset}' has no data (meta device); load weights before exporting.")
-    original = {key: tensor.detach().cpu().contiguous() for key, tensor in diffusers_to_original(state).items()}
+        raise InvalidInput(
+            f"model tensor '{unset}' has no data (meta device); load weights before exporting."
+        )
+    original = {k: t.detach().cpu().contiguous() for k, t in diffusers_to_original(state).items()}
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

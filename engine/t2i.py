@@ -189,7 +189,9 @@ def load_t2i(
     image, or makes video); ``CheckpointError`` if the directory's weights cannot be loaded.
     """
     if not isinstance(source, (str, Path)) or not str(source):
-        raise InvalidInput(f"The text-to-image source must be {TINY!r} or a pipeline directory, not {source!r}.")
+        raise InvalidInput(
+            f"The text-to-image source must be {TINY!r} or a pipeline directory, not {source!r}."
+        )
     try:
         torch_device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -211,7 +213,9 @@ def load_t2i(
         _refuse_by_class_name(path, index.get("_class_name"))
         try:
             with _quiet_progress_bars():
-                pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **{_DTYPE_KWARG: dtype})
+                pipe = DiffusionPipeline.from_pretrained(
+                    str(path), local_files_only=True, **{_DTYPE_KWARG: dtype}
+                )
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, ImportError) as exc:
             raise CheckpointError(
                 f"The text-to-image pipeline in {str(path)!r} could not be loaded offline: {exc}"
@@ -221,7 +225,9 @@ def load_t2i(
     try:
         pipe = pipe.to(torch_device)  # the dtype is already set; casting again would only log warnings
     except (RuntimeError, AssertionError, TypeError) as exc:
-        raise InvalidInput(f"The text-to-image pipeline cannot be moved to device {str(torch_device)!r}: {exc}") from exc
+        raise InvalidInput(
+            f"The text-to-image pipeline cannot be moved to device {str(torch_device)!r}: {exc}"
+        ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -277,7 +283,9 @@ def generate_first_frame(
     try:
         generator = torch.Generator(device=generator_device).manual_seed(seed)
     except (RuntimeError, ValueError, OverflowError) as exc:
-        raise InvalidInput(f"The seed {seed} or generator device {str(generator_device)!r} is not usable: {exc}") from exc
+        raise InvalidInput(
+            f"The seed {seed} or generator device {str(generator_device)!r} is not usable: {exc}"
+        ) from exc
 
     multiple = size_multiple(pipe)
     gen_height = -(-height // multiple) * multiple
@@ -303,13 +311,14 @@ def generate_first_frame(
         kwargs["num_images_per_prompt"] = 1
     if "output_type" in params:
         kwargs["output_type"] = "pil"
-    kwargs = {key: value for key, value in kwargs.items() if key in params}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {key: value for key, value in kwargs.items() if takes_any or key in params}
 
     pipe.set_progress_bar_config(disable=True)
     try:
         with torch.inference_mode():
             output = pipe(**kwargs)
-    except torch.OutOfMemoryError as exc:
+    except torch.cuda.OutOfMemoryError as exc:  # torch.OutOfMemoryError on torch >= 2.5
         raise InsufficientMemory(
             f"The text-to-image pipeline ran out of memory generating a {gen_width}x{gen_height} image: {exc}"
         ) from exc
@@ -318,7 +327,9 @@ def generate_first_frame(
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (width, height):
-        image = PIL.ImageOps.fit(image, (width, height), method=PIL.Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+        image = PIL.ImageOps.fit(
+            image, (width, height), method=PIL.Image.Resampling.LANCZOS, centering=(0.5, 0.5)
+        )
     return image
 
 
@@ -366,7 +377,8 @@ def _refuse_by_class_name(path: Path, class_name: object) -> None:
     if not isinstance(class_name, str) or not class_name:
         raise InvalidInput(f"The model_index.json in {str(path)!r} names no pipeline class (_class_name).")
     lowered = class_name.lower()
-    if any(mark in lowered for mark in _NEEDS_IMAGE_NAME_MARKS) or ("edit" in lowered and "editing" not in lowered):
+    edits = "edit" in lowered and "editing" not in lowered  # QwenImageEdit yes, ModelEditing no
+    if edits or any(mark in lowered for mark in _NEEDS_IMAGE_NAME_MARKS):
         raise InvalidInput(
             f"The pipeline in {str(path)!r} is a {class_name}, which needs an input image; "
             "a text-to-image pipeline is required."
@@ -390,7 +402,9 @@ def _check_call_signature(pipe: DiffusionPipeline, where: str) -> None:
 
 def _check_call_parameters(params: dict[str, inspect.Parameter], class_name: str, where: str) -> None:
     needs_input = [
-        name for name in _IMAGE_INPUT_ARGS if name in params and params[name].default is inspect.Parameter.empty
+        name
+        for name in _IMAGE_INPUT_ARGS
+        if name in params and params[name].default is inspect.Parameter.empty
     ]
     if needs_input:
         raise InvalidInput(
@@ -399,7 +413,8 @@ def _check_call_parameters(params: dict[str, inspect.Parameter], class_name: str
         )
     if "num_frames" in params:
         raise InvalidInput(
-            f"The pipeline in {where!r} is a {class_name}, which makes video; a text-to-image pipeline is required."
+            f"The pipeline in {where!r} is a {class_name}, which makes video; "
+            "a text-to-image pipeline is required."
         )
     missing = [name for name in _REQUIRED_CALL_ARGS if name not in params]
     if missing:
@@ -442,8 +457,10 @@ def _is_distilled(pipe: DiffusionPipeline) -> bool:
 
 
 def _pipeline_name(pipe: DiffusionPipeline) -> str:
-    name = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    return Path(str(name)).name.lower() if name else ""
+    config = getattr(pipe, "config", None)
+    name = getattr(pipe, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    # The last few path parts: "FLUX.1-schnell", or "models--...--FLUX.1-schnell/snapshots/<hash>".
+    return "/".join(Path(str(name)).parts[-3:]).lower() if name else ""
 
 
 def _first_image(output: Any) -> PIL.Image.Image:
@@ -462,5 +479,6 @@ def _first_image(output: Any) -> PIL.Image.Image:
             array = array[..., 0]
         return PIL.Image.fromarray(array)
     raise InvalidInput(
-        f"The text-to-image pipeline {type(output).__name__} output holds no image; a text-to-image pipeline is required."
+        f"The text-to-image pipeline's output ({type(output).__name__}) holds no image; "
+        "a text-to-image pipeline is required."
     )

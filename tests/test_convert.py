@@ -64,6 +64,10 @@ I2V_33CH_CONFIG = dict(
     image_condition_type="latent_concat",
 )
 
+ORIGINAL_ROOTS = {
+    "img_in", "txt_in", "time_in", "guidance_in", "vector_in", "double_blocks", "single_blocks", "final_layer"
+}
+
 # The tensors a HunyuanVideo checkpoint holds outside the repeated blocks and in block 0 of each
 # block type, written from the original model's module tree (hyvideo/modules/models.py), NOT from
 # the conversion tables: [img_in | txt_in | time_in | vector_in | double | single | final_layer].
@@ -202,7 +206,8 @@ def test_round_trips_are_exact(tiny, original_sd):
 def test_original_file_has_the_real_hunyuan_names_and_fused_shapes(original_sd):
     assert is_original_naming(original_sd)
     assert not is_original_naming({"transformer_blocks.0.attn.to_q.weight": torch.zeros(1)})
-    block0_and_top = {k: list(v.shape) for k, v in original_sd.items() if not re.match(r"(double|single)_blocks\.[1-9]", k)}
+    later_blocks = re.compile(r"(double|single)_blocks\.[1-9]")
+    block0_and_top = {k: list(v.shape) for k, v in original_sd.items() if not later_blocks.match(k)}
     assert block0_and_top == EXPECTED_ORIGINAL_SHAPES
     per_double = sum(k.startswith("double_blocks.0.") for k in EXPECTED_ORIGINAL_SHAPES)
     per_single = sum(k.startswith("single_blocks.0.") for k in EXPECTED_ORIGINAL_SHAPES)
@@ -223,7 +228,8 @@ def test_fused_tensors_are_stacked_in_q_k_v_mlp_order(tiny, original_sd):
     assert torch.equal(linear1[2 * H : 3 * H], sd["single_transformer_blocks.1.attn.to_v.weight"])
     assert torch.equal(linear1[3 * H :], sd["single_transformer_blocks.1.proj_mlp.weight"])
     refiner = original_sd["txt_in.individual_token_refiner.blocks.0.self_attn_qkv.weight"]
-    assert torch.equal(refiner[H : 2 * H], sd["context_embedder.token_refiner.refiner_blocks.0.attn.to_k.weight"])
+    refiner_k = sd["context_embedder.token_refiner.refiner_blocks.0.attn.to_k.weight"]
+    assert torch.equal(refiner[H : 2 * H], refiner_k)
 
 
 def test_final_layer_modulation_swaps_shift_and_scale(tiny, original_sd):
@@ -260,20 +266,37 @@ def test_rope_axes_must_be_given_for_a_non_standard_head_size(original_sd):
         infer_config(original_sd, {**ROPE, "not_a_setting": 1})
 
 
-def test_real_i2v_33ch_architecture_on_meta():
+# The other released transformers, same script: text-to-video (guidance-distilled) and the 16-channel
+# token-replace I2V model, whose image_condition_type no weight reveals.
+T2V_CONFIG = {**I2V_33CH_CONFIG, "in_channels": 16, "guidance_embeds": True, "image_condition_type": None}
+I2V_16CH_CONFIG = {**T2V_CONFIG, "image_condition_type": "token_replace"}
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides"),
+    [
+        (I2V_33CH_CONFIG, None),
+        (T2V_CONFIG, None),
+        (I2V_16CH_CONFIG, {"image_condition_type": "token_replace"}),
+    ],
+    ids=["i2v-33ch", "t2v", "i2v-16ch"],
+)
+def test_real_architectures_on_meta(config, overrides):
     with init_empty_weights():
-        real = HunyuanVideoTransformer3DModel(**I2V_33CH_CONFIG)
+        real = HunyuanVideoTransformer3DModel(**config)
     sd = real.state_dict()
     original = diffusers_to_original(sd)
-    assert infer_config(original) == I2V_33CH_CONFIG  # rope (16, 56, 56) assumed for head size 128
+    assert infer_config(original, overrides) == config  # rope (16, 56, 56) assumed for head size 128
     shapes = {k: list(v.shape) for k, v in original.items()}
-    assert shapes["img_in.proj.weight"] == [3072, 33, 1, 2, 2]
+    assert shapes["img_in.proj.weight"] == [3072, config["in_channels"], 1, 2, 2]
     assert shapes["double_blocks.19.img_attn_qkv.weight"] == [9216, 3072]
     assert shapes["single_blocks.39.linear1.weight"] == [3 * 3072 + 4 * 3072, 3072]
     assert shapes["single_blocks.39.linear2.weight"] == [3072, 3072 + 4 * 3072]
     assert shapes["final_layer.linear.weight"] == [64, 3072]
     assert shapes["txt_in.input_embedder.weight"] == [3072, 4096]
-    assert not any(k.startswith("guidance_in.") for k in original)
+    assert shapes["vector_in.in_layer.weight"] == [3072, 768]
+    assert ("guidance_in.mlp.0.weight" in shapes) == config["guidance_embeds"]
+    assert all(k.split(".")[0] in ORIGINAL_ROOTS for k in original)
     back = original_to_diffusers(original)
     assert {k: v.shape for k, v in back.items()} == {k: v.shape for k, v in sd.items()}
 
@@ -392,7 +415,8 @@ def test_missing_diffusers_part_is_named_in_diffusers_naming(tiny, tmp_path):
 
 def test_fp8_weights_are_refused(original_sd, tmp_path):
     sd = dict(original_sd)
-    sd["double_blocks.0.img_attn_qkv.weight"] = sd["double_blocks.0.img_attn_qkv.weight"].to(torch.float8_e4m3fn)
+    key = "double_blocks.0.img_attn_qkv.weight"
+    sd[key] = sd[key].to(torch.float8_e4m3fn)
     path = tmp_path / "model.safetensors"
     _save(sd, path)
     with pytest.raises(CheckpointError, match="float8"):
