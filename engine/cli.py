@@ -96,9 +96,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     info = commands.add_parser("info", help="describe a model: architecture, parameters, dtype, memory")
     add_model_options(info)
-    info.add_argument("--height", type=_positive("--height"))
-    info.add_argument("--width", type=_positive("--width"))
-    info.add_argument("--seconds", type=_seconds, default=Fraction(5))
     info.set_defaults(handler=run_info)
 
 
@@ -188,9 +185,5 @@ def run_generate(args) -> int:
 
 
 def run_info(args) -> int:
-    from .generate import Engine
-    from .memory import estimate_for
-
-    engine = _load_engine(args)
-    print(engine.describe(estimate_for(engine, height=args.height, width=args.width, seconds=args.seconds)))
+    print(_load_engine(args).describe())
     return 0

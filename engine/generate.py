@@ -20,9 +20,11 @@ import torch
 from . import media
 from .conditioning import CONDITIONINGS
 from .errors import InvalidInput
-from .models import TINY, LoadedModel, load_model
+from .memory import MemoryEstimate, check_fits, estimate_peak
+from .models import TINY, LoadedModel, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
 from .pipeline_output import CancelToken, StepProgress
+from .quant import weight_bytes
 from .window import ColourAnchor, crossfade, plan_windows
 
 CODECS = ("h264", "prores")
@@ -85,13 +87,32 @@ def fit_image(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Imag
     return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), PIL.Image.LANCZOS)
 
 
+def _model_width(module) -> int:
+    config = module.config
+    if hasattr(config, "text_config"):  # LLaVA
+        return config.text_config.hidden_size
+    return config.num_attention_heads * config.attention_head_dim
+
+
 class Engine:
     """A loaded model and its pipeline, kept warm between jobs."""
 
-    def __init__(self, model: LoadedModel, pipe: Magic141Pipeline, *, t2i: str | None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        pipe: Magic141Pipeline,
+        *,
+        t2i: str | None,
+        quant: str = "none",
+        text_quant: str = "none",
+        vae_tiling: bool = False,
+    ) -> None:
         self.model = model
         self.pipe = pipe
         self.t2i_source = t2i
+        self.quant = quant
+        self.text_quant = text_quant
+        self.vae_tiling = vae_tiling
         self._t2i = None
 
     @classmethod
@@ -109,20 +130,93 @@ class Engine:
         allow_pickle: bool = False,
         t2i: str | None = None,
     ) -> Engine:
-        from .quant import quantize
+        from .quant import DEFAULT_MIN_FEATURES, quantize
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_model(model, device=device, components=components, allow_pickle=allow_pickle)
         parts = loaded.components
-        quantize(parts["transformer"], quant)
-        if text_quant != "none":
-            quantize(parts["text_encoder"], text_quant)
+        # Quantise on the CPU, before the pipeline moves weights to the device (no bf16 copy there first).
+        for name, mode in (("transformer", quant), ("text_encoder", text_quant)):
+            module = parts[name]
+            # Layers narrower than the model's width stay full precision (512 at real size; the tiny
+            # model's width is smaller, so that its layers are quantised too and the path is tested).
+            min_features = min(DEFAULT_MIN_FEATURES, _model_width(module))
+            quantize(module, mode, compute_dtype=module.dtype, min_features=min_features)
         if vae_tiling:
             parts["vae"].enable_tiling()
         pipe = Magic141Pipeline(
             **parts, device=device, offload=offload, release_text_encoders=release_text_encoders
         )
-        return cls(loaded, pipe, t2i=t2i if t2i is not None else (TINY if model == TINY else None))
+        return cls(
+            loaded,
+            pipe,
+            t2i=t2i if t2i is not None else (TINY if model == TINY else None),
+            quant=quant,
+            text_quant=text_quant,
+            vae_tiling=vae_tiling,
+        )
+
+    # Memory --------------------------------------------------------------------------------
+
+    def estimate_memory(self, height: int, width: int, frames: int, guidance: float) -> MemoryEstimate:
+        """Peak memory of one window of this job with this engine's placement and quantisation."""
+        parts, pipe = self.model.components, self.pipe
+        counts = parameter_counts(parts)
+        config = parts["transformer"].config
+        return estimate_peak(
+            dit_params=counts["transformer"],
+            text_params=counts["text_encoder"] + counts["text_encoder_2"],
+            vae_params=counts["vae"],
+            height=height,
+            width=width,
+            frames=min(frames, self.model.info.window_frames),
+            quant=self.quant,
+            text_quant=self.text_quant,
+            offload=pipe.offload,
+            vae_tiling=self.vae_tiling,
+            release_text_encoders=pipe.release_text_encoders,
+            hidden=config.num_attention_heads * config.attention_head_dim,
+            heads=config.num_attention_heads,
+            num_layers_total=config.num_layers + config.num_single_layers,
+            batch=2 if guidance > 1.0 else 1,
+            patch=(config.patch_size_t, config.patch_size, config.patch_size),
+            vae_spatial=pipe.vae_scale_spatial,
+            vae_temporal=pipe.vae_scale_temporal,
+            latent_channels=pipe.latent_channels,
+            dtype_bytes=parts["transformer"].dtype.itemsize,
+        )
+
+    def resident_bytes(self) -> int:
+        """Weights already on the device (they count as available to the job that uses them)."""
+        if self.pipe.offload or self.pipe.device.type == "cpu":
+            return 0
+        return sum(weight_bytes(m) for m in (self.pipe.transformer, self.pipe.vae))
+
+    def describe(self) -> str:
+        """What ``magic141 info`` prints."""
+        info, parts = self.model.info, self.model.components
+        config = parts["transformer"].config
+        counts = parameter_counts(parts)
+        height, width = info.default_size
+        estimate = self.estimate_memory(height, width, info.window_frames, info.default_guidance)
+        lines = [
+            f"model        {info.name} ({info.kind}; {'distilled' if info.distilled else 'base'} weights)",
+            f"transformer  {type(parts['transformer']).__name__}: {config.num_layers} double + "
+            f"{config.num_single_layers} single blocks, {config.num_attention_heads} heads x "
+            f"{config.attention_head_dim}, in {config.in_channels} / out {config.out_channels} channels, "
+            f"patch {config.patch_size_t}x{config.patch_size}x{config.patch_size}, "
+            f"image condition {config.image_condition_type}",
+            f"vae          {type(parts['vae']).__name__}: {self.pipe.latent_channels} latent channels, "
+            f"{self.pipe.vae_scale_temporal}x temporal / {self.pipe.vae_scale_spatial}x spatial",
+            f"text         {type(parts['text_encoder']).__name__} + {type(parts['text_encoder_2']).__name__}",
+            "parameters   " + ", ".join(f"{name} {n:,}" for name, n in counts.items()) + f" (total {sum(counts.values()):,})",
+            f"dtype        {parts['transformer'].dtype}".replace("torch.", "") + f" on {self.pipe.device}, "
+            f"DiT quantization {self.quant}",
+            f"defaults     {info.default_steps} steps, CFG {info.default_guidance:g}, conditioning "
+            f"{info.conditioning}, {height}x{width}, windows of {info.window_frames} frames at {info.native_fps} fps",
+            f"memory       {estimate.describe()} for one {height}x{width}x{info.window_frames} window",
+        ]
+        return "\n".join(lines)
 
     # Settings ------------------------------------------------------------------------------
 
@@ -201,6 +295,8 @@ class Engine:
             multiple=pipe.frame_multiple,
         )
         indices = media.conform_indices(n_out, request.fps, info.native_fps)
+        estimate = self.estimate_memory(request.height, request.width, plans[0].frames, request.guidance)
+        check_fits(estimate, pipe.device, resident_bytes=self.resident_bytes())
         generator = torch.Generator("cpu").manual_seed(request.seed)
         common = dict(
             height=request.height,
@@ -220,7 +316,7 @@ class Engine:
         if request.guidance > 1.0:
             black = PIL.Image.new("RGB", (request.width, request.height), 0)
             negative = pipe.encode_prompt(black, request.negative_prompt, request.conditioning)
-        pipe.restore_text_encoders()
+        pipe.release_text()
         timings["encode"] = time.perf_counter() - clock
 
         metadata = {"comment": f"magic141 prompt={request.prompt!r} seed={request.seed} model={info.name}"}

@@ -173,6 +173,10 @@ class Magic141Pipeline:
     def encode_prompt(
         self, image: PIL.Image.Image, prompt: str, conditioning: str, max_sequence_length: int = 256
     ) -> PromptEmbeds:
+        """Text (+ image tokens) and pooled embeddings; call ``release_text`` once all prompts are encoded."""
+        if not self.offload:  # released encoders come back for the next prompt
+            self.text_encoder.to(self.device)
+            self.text_encoder_2.to(self.device)
         with self._on_device(self.text_encoder, self.text_encoder_2):
             if conditioning == "diffusers":
                 embeds = encode_diffusers(self._diffusers(), image, prompt, self.device, max_sequence_length)
@@ -188,18 +192,14 @@ class Magic141Pipeline:
                     self.device,
                     max_sequence_length,
                 )
-        if self.release_text_encoders and not self.offload:
-            self.text_encoder.to("cpu")
-            self.text_encoder_2.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
         return embeds.to(self.device, self.transformer.dtype)
 
-    def restore_text_encoders(self) -> None:
-        """Bring released text encoders back (the warm service calls this before the next job)."""
-        if not self.offload:
-            self.text_encoder.to(self.device)
-            self.text_encoder_2.to(self.device)
+    def release_text(self) -> None:
+        """Move the text encoders off the device (if asked to at construction) to make room for the DiT."""
+        if self.release_text_encoders and not self.offload and self.device.type != "cpu":
+            self.text_encoder.to("cpu")
+            self.text_encoder_2.to("cpu")
+            torch.cuda.empty_cache()
 
     def preprocess_image(self, image: PIL.Image.Image, height: int, width: int) -> torch.Tensor:
         """[1, 3, 1, H, W] in [-1, 1], resized and centre-cropped as diffusers does."""
@@ -366,6 +366,7 @@ class Magic141Pipeline:
         if use_cfg and negative_prompt_embeds is None:
             black = PIL.Image.new("RGB", (width, height), 0)
             negative_prompt_embeds = self.encode_prompt(black, negative_prompt, conditioning)
+        self.release_text()
         if condition_video is None:
             condition_video = self.preprocess_image(image, height, width)
         cond_latents = self.encode_video(condition_video)

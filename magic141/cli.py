@@ -16,6 +16,21 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def _quiet_third_party() -> None:
+    """Keep library chatter (optional kernels not built for this CPU, deprecations) off the user's terminal.
+
+    Errors still show; ``MAGIC141_DEBUG=1`` keeps everything.
+    """
+    if os.environ.get("MAGIC141_DEBUG"):
+        return
+    import logging
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from magic141.engine import cli as engine_cli
 
@@ -28,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_third_party()
     from magic141.engine.errors import JobCancelled, Magic141Error
 
     try:

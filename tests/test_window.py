@@ -61,7 +61,8 @@ class ContinuationOracle(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.config = SimpleNamespace(in_channels=33, patch_size=2)
+        self.config = SimpleNamespace(in_channels=33, patch_size=2, patch_size_t=1, num_attention_heads=1,
+                                      attention_head_dim=8, num_layers=1, num_single_layers=1)
         self.anchor = torch.nn.Parameter(torch.zeros(1))
 
     @property
@@ -101,11 +102,14 @@ def test_four_windows_make_exact_frame_count_and_seamless_motion(tmp_path, tiny_
     assert frames.shape[0] == result.frames == 96
     means = frames.reshape(96, -1).astype(float).mean(axis=1)
     expected = (0.2 + np.arange(96) * SLOPE / 8) * 255  # SLOPE/4 per frame in [-1,1] units = SLOPE/8 of scale
-    # H.264 at CRF 16 keeps flat frames within about a code value; a misplaced window or seam is
-    # off by several frames' worth of ramp (>= 1.6 code values per frame).
-    assert np.abs(means - expected).max() < 1.5
-    steps = np.diff(means)
-    assert steps.max() - steps.min() < 2.0  # no jump at any seam
+    # Rounding to 8 bits and H.264 at CRF 16 put a flat frame within ~1.5 code values of the ramp,
+    # scattered; a window placed one frame off shifts all its frames by 1.6 code values, so the
+    # mean error over any 24 frames would exceed 1.
+    error = np.abs(means - expected)
+    assert error.max() < 2.0
+    assert max(error[i : i + 24].mean() for i in range(0, 96, 24)) < 0.8
+    for seam in (28, 56, 84):  # where windows 2, 3 and 4 begin
+        assert error[seam - 4 : seam + 4].mean() < 1.0, seam
 
 
 def test_conformed_rate_follows_the_native_motion(tmp_path, tiny_components):
@@ -127,7 +131,8 @@ def test_plan_covers_any_length_with_trimmed_last_window():
     for total in (1, 25, 33, 34, 100, 1441):
         plans = plan_windows(total, window_frames=33, overlap_latents=2)
         last = plans[-1]
-        assert total <= last.start + last.frames < total + 4  # 4k+1 rounding only
+        # 4k+1 rounding only; a window has at least 2 latent frames (the first one is the condition)
+        assert total <= last.start + last.frames < max(total + 4, 6)
         assert all((p.frames - 1) % 4 == 0 and p.frames <= 33 for p in plans)
         for before, after in zip(plans, plans[1:]):
             assert after.start == before.start + before.frames - 5 and after.blend == 5

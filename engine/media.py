@@ -1,0 +1,271 @@
+"""Media I/O without torch: rational frame rates, images in, atomic BT.709 video out, video back in.
+
+Time is a ``Fraction`` throughout (24000/1001 never becomes 23.976). What we write is converted
+RGB -> YUV with the BT.709 matrix into limited (MPEG) range and tagged so; what we read is
+converted back with the same matrix, explicitly, rather than trusting a decoder default.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+from .errors import InvalidInput
+
+# Drop-frame-era decimals people type, mapped to the rates they mean.
+NTSC_DECIMALS = {
+    "23.976": Fraction(24000, 1001),
+    "23.98": Fraction(24000, 1001),
+    "29.97": Fraction(30000, 1001),
+    "47.952": Fraction(48000, 1001),
+    "59.94": Fraction(60000, 1001),
+    "119.88": Fraction(120000, 1001),
+}
+MAX_FPS = 1000
+
+CODECS = {
+    # codec: (encoder, pixel format, file suffix, encoder options)
+    "h264": ("libx264", "yuv420p", ".mp4", {"crf": "16", "preset": "medium", "movflags": "+faststart"}),
+    "prores": ("prores_ks", "yuv422p10le", ".mov", {"profile": "3", "vendor": "apl0"}),  # 3 = 422 HQ
+}
+BT709 = 1  # the ITU-T H.273 code for BT.709 primaries, transfer and matrix
+RANGE_LIMITED = 1  # AVCOL_RANGE_MPEG
+
+
+def fps_text(fps: Fraction) -> str:
+    return f"{fps.numerator}/{fps.denominator}"
+
+
+def parse_fps(text: str) -> Fraction:
+    """'24', '25', '24000/1001', '29.97' (-> 30000/1001), '12.5' -> an exact Fraction."""
+    raw = str(text).strip()
+    if raw in NTSC_DECIMALS:
+        return NTSC_DECIMALS[raw]
+    try:
+        fps = Fraction(raw)
+    except (ValueError, ZeroDivisionError):
+        raise InvalidInput(f"--fps must be a rate such as 24, 25, 24000/1001 or 29.97, got {text!r}") from None
+    if fps <= 0 or fps > MAX_FPS:
+        raise InvalidInput(f"--fps must be between 0 and {MAX_FPS}, got {text!r}")
+    return fps
+
+
+def frame_count(seconds: Fraction | float | str, fps: Fraction) -> int:
+    """round(seconds * fps), exactly (a float 1.1 is read as 11/10, not its binary neighbour)."""
+    seconds = Fraction(str(seconds)) if isinstance(seconds, float) else Fraction(seconds)
+    if seconds <= 0:
+        raise InvalidInput(f"--seconds must be positive, got {seconds}")
+    count = round(seconds * fps)
+    if count < 1:
+        raise InvalidInput(f"{seconds} s at {fps_text(fps)} fps is less than one frame")
+    return count
+
+
+def conform_indices(n_out: int, out_fps: Fraction, native_fps: Fraction) -> list[int]:
+    """For output frame i (at i/out_fps), the nearest native frame, rounding halves up."""
+    ratio = Fraction(native_fps) / Fraction(out_fps)
+    return [int(i * ratio + Fraction(1, 2)) for i in range(n_out)]
+
+
+def native_frames_needed(n_out: int, out_fps: Fraction, native_fps: Fraction) -> int:
+    return conform_indices(n_out, out_fps, native_fps)[-1] + 1
+
+
+def load_image(path: str | os.PathLike) -> PIL.Image.Image:
+    """An RGB image with EXIF orientation applied; alpha is composited on black."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"image {path} does not exist or is not a file")
+    try:
+        with PIL.Image.open(path) as opened:
+            image = PIL.ImageOps.exif_transpose(opened)
+            image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInput(f"image {path} cannot be read: {exc}") from exc
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale, do not clip
+        image = PIL.Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    if image.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = PIL.Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    frames: int
+    fps: Fraction
+    codec: str
+    width: int
+    height: int
+    color_primaries: int | None = None
+    color_trc: int | None = None
+    colorspace: int | None = None
+    color_range: int | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "frames": self.frames,
+            "fps": fps_text(self.fps),
+            "codec": self.codec,
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def check_output_path(path: str | os.PathLike, codec: str) -> Path:
+    """Refuse a path we could not write before any work is done."""
+    path = Path(path)
+    if codec not in CODECS:
+        raise InvalidInput(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    suffix = CODECS[codec][2]
+    if path.suffix.lower() != suffix:
+        raise InvalidInput(f"--out {path} must end in {suffix} for {codec}")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"--out {path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InvalidInput(f"--out {path} is a folder")
+    if not os.access(path.parent, os.W_OK):
+        raise InvalidInput(f"--out {path}: the folder {path.parent} is not writable")
+    return path
+
+
+class VideoWriter:
+    """Stream RGB frames into a video that appears at ``path`` only when complete.
+
+    Frames go to a hidden temporary file beside ``path``; a clean exit flushes the encoder and
+    renames it into place (``os.replace`` is atomic on one filesystem), any exception removes it.
+    """
+
+    def __init__(self, path, *, fps: Fraction, codec: str, width: int, height: int, metadata=None) -> None:
+        self.path = check_output_path(path, codec)
+        self.fps = Fraction(fps)
+        if self.fps <= 0:
+            raise InvalidInput(f"--fps must be positive, got {fps}")
+        self.time_base = 1 / self.fps  # pts = frame index: exact at any rational rate
+        self.codec, self.width, self.height = codec, int(width), int(height)
+        encoder, self.pix_fmt, suffix, self.options = CODECS[codec]
+        self.encoder = encoder
+        if width <= 0 or height <= 0 or (self.pix_fmt.startswith("yuv420") and (width % 2 or height % 2)):
+            raise InvalidInput(f"{codec} needs a positive, even width and height, got {width}x{height}")
+        self.metadata = dict(metadata or {})
+        self.temp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
+        self.frames = 0
+        self._muxed = 0
+        self.info: VideoInfo | None = None
+        self._container = None
+        self._stream = None
+
+    def __enter__(self) -> "VideoWriter":
+        try:
+            self._container = av.open(str(self.temp), mode="w")
+            self._container.metadata.update(self.metadata)
+            stream = self._container.add_stream(self.encoder, rate=self.fps, options=dict(self.options))
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
+            stream.time_base = self.time_base
+            context = stream.codec_context
+            context.color_primaries = context.color_trc = context.colorspace = BT709
+            context.color_range = RANGE_LIMITED
+            self._stream = stream
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
+            raise InvalidInput(
+                f"frames must be uint8 [n, {self.height}, {self.width}, 3] RGB, got {frames.dtype} {frames.shape}"
+            )
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            # Explicit BT.709 limited range: swscale's default matrix for unset colourspace is BT.601.
+            yuv = frame.reformat(
+                format=self.pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG",
+                dst_color_trc=BT709, dst_color_primaries=BT709,
+            )
+            yuv.pts = self.frames
+            # Our own time base, not the stream's: the muxer replaces the stream's (mp4: 1/12800) once
+            # the header is written, and frames stamped with that would collapse to pts 0.
+            yuv.time_base = self.time_base
+            self._mux(self._stream.encode(yuv))
+            self.frames += 1
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            if self.codec == "prores":
+                # prores_ks (FFmpeg 7/8 via PyAV 18) hands back every packet with pts 0, which the
+                # mov muxer turns into a wrong rate; it is intra-only, so packet n is frame n.
+                packet.pts = packet.dts = self._muxed
+                packet.duration = 1
+            self._container.mux(packet)
+            self._muxed += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            self._mux(self._stream.encode())  # flush: the encoder holds frames back
+            self._container.close()
+            self._container = None
+            os.replace(self.temp, self.path)
+        except BaseException:
+            self._discard()
+            raise
+        self.info = VideoInfo(self.path, self.frames, self.fps, self.codec, self.width, self.height,
+                              BT709, BT709, BT709, RANGE_LIMITED)
+
+    def _discard(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (av.FFmpegError, OSError, ValueError):
+                pass  # the file is being thrown away; its trailer does not matter
+            self._container = None
+        self.temp.unlink(missing_ok=True)
+
+
+def _open_video(path):
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"video {path} does not exist")
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as exc:
+        raise InvalidInput(f"video {path} cannot be read: {exc}") from exc
+
+
+def probe_video(path) -> VideoInfo:
+    """Frame count by decoding (exact), rate as a Fraction, size, codec and colour tags."""
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        context = stream.codec_context
+        return VideoInfo(
+            Path(path), frames, Fraction(stream.average_rate), context.name, context.width, context.height,
+            int(context.color_primaries), int(context.color_trc), int(context.colorspace), int(context.color_range),
+        )
+
+
+def read_frames(path) -> np.ndarray:
+    """All frames as uint8 [n, H, W, 3] RGB, converted from YUV with BT.709 limited range explicitly."""
+    with _open_video(path) as container:
+        out = [
+            frame.reformat(format="rgb24", src_colorspace="ITU709", src_color_range="MPEG").to_ndarray()
+            for frame in container.decode(video=0)
+        ]
+    return np.stack(out)

@@ -1,0 +1,132 @@
+"""The CLI contract, run as a user runs it: a real subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from magic141.engine import media
+
+
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
+MAGIC141 = [sys.executable, "-m", "magic141"]
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*MAGIC141, *args], capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}
+    )
+
+
+def test_generate_writes_exact_frames_at_an_exact_rational_rate(tmp_path):
+    out = tmp_path / "clip.mp4"
+    done = run("generate", "--model", "tiny", "--image", str(SAMPLE_IMAGE), "--prompt", "a red ball rolls",
+               "--seconds", "1.5", "--fps", "24000/1001", "--seed", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    info = media.probe_video(out)
+    assert info.fps == Fraction(24000, 1001)
+    assert info.frames == round(Fraction(3, 2) * Fraction(24000, 1001)) == 36
+    assert "wrote" in done.stdout and str(out) in done.stdout
+    assert "window 2/2" in done.stderr and "4/4" in done.stderr  # progress bars (36 frames: two tiny windows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temp files left
+
+
+def test_same_seed_same_frames_and_prores(tmp_path):
+    args = ["generate", "--model", "tiny", "--image", str(SAMPLE_IMAGE), "--prompt", "waves", "--seconds", "0.5",
+            "--seed", "11"]
+    a, b = tmp_path / "a.mov", tmp_path / "b.mov"
+    assert run(*args, "--out", str(a)).returncode == 0
+    assert run(*args, "--out", str(b), "--codec", "prores").returncode == 0
+    assert media.probe_video(a).codec == "prores"
+    assert (media.read_frames(a) == media.read_frames(b)).all()
+
+
+def test_generate_without_image_runs_text_to_image_first(tmp_path):
+    out = tmp_path / "t2v.mp4"
+    done = run("generate", "--model", "tiny", "--prompt", "a blue square", "--seconds", "0.5", "--out", str(out),
+               "--json")
+    assert done.returncode == 0, done.stderr
+    assert media.probe_video(out).frames == 12
+    assert '"frames": 12' in done.stdout
+
+
+def test_long_video_reports_windows(tmp_path):
+    out = tmp_path / "long.mp4"
+    done = run("generate", "--model", "tiny", "--image", str(SAMPLE_IMAGE), "--prompt", "drift", "--seconds", "3",
+               "--fps", "25", "--height", "32", "--width", "48", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "window 1/3" in done.stderr and "window 3/3" in done.stderr
+    assert media.probe_video(out).frames == 75
+
+
+def test_info_describes_the_model():
+    done = run("info", "--model", "tiny")
+    assert done.returncode == 0, done.stderr
+    for word in ("HunyuanVideoTransformer3DModel", "33", "parameters", "float32", "GiB"):
+        assert word in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--image", "missing.png"], "missing.png"),
+        (["--image", "{notimage}"], "notimage.png"),
+        (["--seconds", "0"], "--seconds"),
+        (["--seconds", "-2"], "--seconds"),
+        (["--fps", "24/0"], "--fps"),
+        (["--fps", "fast"], "--fps"),
+        (["--height", "33"], "--height"),
+        (["--width", "50", "--height", "32"], "--width"),
+        (["--model", "nowhere/model"], "nowhere/model"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, args, message):
+    bad = tmp_path / "notimage.png"
+    bad.write_bytes(b"this is not a png")
+    args = [a.replace("{notimage}", str(bad)) for a in args]
+    out = tmp_path / "out" / "x.mp4"
+    out.parent.mkdir()
+    base = {"--image": str(SAMPLE_IMAGE), "--prompt": "x", "--seconds": "0.5", "--out": str(out)}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    done = run("generate", *[item for pair in base.items() for item in pair])
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr
+    assert message in lines[-1]
+    assert list(out.parent.iterdir()) == []
+
+
+def test_interrupted_run_leaves_no_partial_file(tmp_path):
+    """A run killed while writing leaves neither the output nor a temporary file in place."""
+    out = tmp_path / "killed.mp4"
+    proc = subprocess.Popen(
+        [*MAGIC141, "generate", "--model", "tiny", "--image", str(SAMPLE_IMAGE), "--prompt", "x", "--seconds", "30",
+         "--height", "32", "--width", "48", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # Wait for the second window to start: by then the first window's frames are being written.
+    for line in iter(proc.stderr.readline, ""):
+        if "window 2/" in line:
+            break
+    proc.send_signal(__import__("signal").SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "magic141"
+    assert subprocess.run([str(script), "--version"], capture_output=True, text=True).stdout.startswith("magic141")
+
+
+def test_no_generic_top_level_names_are_installed():
+    """engine/ui/plugin install as magic141.*: a host's `import engine` must not find ours."""
+    probe = "import importlib.util as u; print([n for n in ('engine', 'ui', 'plugin') if u.find_spec(n)])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path("/"))
+    assert done.stdout.strip() == "[]"
