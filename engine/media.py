@@ -131,12 +131,11 @@ def check_output_path(path: str | os.PathLike, codec: str) -> Path:
     suffix = CODECS[codec][2]
     if path.suffix.lower() != suffix:
         raise InvalidInput(f"--out {path} must end in {suffix} for {codec}")
-    if not path.parent.is_dir():
-        raise InvalidInput(f"--out {path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise InvalidInput(f"--out {path} is a folder")
-    if not os.access(path.parent, os.W_OK):
-        raise InvalidInput(f"--out {path}: the folder {path.parent} is not writable")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # made on write
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInput(f"--out {path}: {existing} is not a writable folder")
     return path
 
 
@@ -168,6 +167,7 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._container = av.open(str(self.temp), mode="w")
             self._container.metadata.update(self.metadata)
             stream = self._container.add_stream(self.encoder, rate=self.fps, options=dict(self.options))

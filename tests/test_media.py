@@ -108,12 +108,20 @@ def test_failed_write_leaves_nothing_and_keeps_an_existing_file(tmp_path):
 @pytest.mark.parametrize(
     "name,codec,size,word",
     [("a.mov", "h264", (W, H), ".mp4"), ("a.mp4", "prores", (W, H), ".mov"), ("a.mp4", "h264", (63, 48), "even"),
-     ("missing/a.mp4", "h264", (W, H), "does not exist")],
+     ("file.txt/a.mp4", "h264", (W, H), "not a writable folder")],
 )
 def test_bad_output_is_refused_before_writing(tmp_path, name, codec, size, word):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
     with pytest.raises(InvalidInput, match=word):
         media.VideoWriter(tmp_path / name, fps=Fraction(24), codec=codec, width=size[0], height=size[1])
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_missing_output_folders_are_made(tmp_path):
+    path = tmp_path / "renders" / "shot 010" / "take.mp4"
+    with media.VideoWriter(path, fps=Fraction(24), codec="h264", width=W, height=H) as writer:
+        writer.write(pattern(2))
+    assert media.probe_video(path).frames == 2
 
 
 def test_load_image_handles_alpha_16_bit_palette_and_exif(tmp_path):
