@@ -384,6 +384,7 @@ class Engine:
         timings["total"] = time.perf_counter() - started
         settings = {
             "model": info.name,
+            "quant": self.quant,
             "prompt": request.prompt,
             "seed": request.seed,
             "steps": request.steps,

@@ -157,3 +157,13 @@ def test_quantized_dit_stays_close_to_full_precision(sample_image, mode, mean_bo
     difference = (frames(mode) - reference).abs()
     assert difference.mean() < mean_bound and difference.max() < 10 * mean_bound
     assert (frames("none", seed=1) - reference).abs().mean() > 10 * mean_bound
+
+
+def test_offload_and_released_text_encoders_give_the_same_frames(tiny_components, sample_image):
+    """The memory modes move components around; they must not change the result."""
+    plain = Magic141Pipeline(**tiny_components)
+    expected = plain(sample_image, "a red ball", num_frames=9, generator=torch.Generator().manual_seed(4), **SIZE)
+    for options in ({"offload": True}, {"release_text_encoders": True}):
+        pipe = Magic141Pipeline(**tiny_components, **options)
+        got = pipe(sample_image, "a red ball", num_frames=9, generator=torch.Generator().manual_seed(4), **SIZE)
+        assert torch.equal(got.frames, expected.frames), options
