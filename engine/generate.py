@@ -25,7 +25,7 @@ from .models import TINY, LoadedModel, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
 from .pipeline_output import CancelToken, StepProgress
 from .quant import weight_bytes
-from .window import ColourAnchor, crossfade, plan_windows
+from .window import WindowPlan, chain_windows, plan_windows
 
 CODECS = ("h264", "prores")
 
@@ -92,6 +92,21 @@ def _model_width(module) -> int:
     if hasattr(config, "text_config"):  # LLaVA
         return config.text_config.hidden_size
     return config.num_attention_heads * config.attention_head_dim
+
+
+def conform(native_chunks, indices: list[int]):
+    """Pick output frames (native index per output frame, non-decreasing) from streamed native
+    chunks, as uint8 RGB arrays ready for the writer."""
+    seen, next_out = 0, 0
+    for frames in native_chunks:
+        stop = seen + frames.shape[0]
+        picks = []
+        while next_out < len(indices) and indices[next_out] < stop:
+            picks.append(indices[next_out] - seen)
+            next_out += 1
+        if picks:
+            yield np.ascontiguousarray(frames[picks].mul(255).round().clamp(0, 255).to(torch.uint8).numpy())
+        seen = stop
 
 
 class Engine:
@@ -321,65 +336,39 @@ class Engine:
 
         metadata = {"comment": f"magic141 prompt={request.prompt!r} seed={request.seed} model={info.name}"}
         stage_totals = {"condition": 0.0, "denoise": 0.0, "decode": 0.0, "write": 0.0}
+
+        def run_window(plan: WindowPlan, condition: torch.Tensor | None) -> torch.Tensor:
+            def report(step: StepProgress) -> None:
+                if progress is not None:
+                    progress(replace(step, window=plan.index, windows=len(plans)))
+
+            result = pipe(
+                image,
+                request.prompt,
+                num_frames=plan.frames,
+                condition_video=condition,
+                prompt_embeds=embeds,
+                negative_prompt_embeds=negative,
+                progress=report,
+                **common,
+            )
+            stage_totals["condition"] += result.timings["encode"]
+            stage_totals["denoise"] += result.timings["denoise"]
+            stage_totals["decode"] += result.timings["decode"]
+            return result.frames
+
+        native_chunks = chain_windows(plans, run_window, request.colour_anchor)
         with media.VideoWriter(
             out, fps=request.fps, codec=request.codec, width=request.width, height=request.height, metadata=metadata
         ) as writer:
-            emitted = 0  # native frames handed to the writer
-            next_out = 0  # next output frame index
-            tail = torch.empty(0)  # native frames made but not final (the next window blends over them)
-            anchor: ColourAnchor | None = None
-
-            def emit(frames: torch.Tensor) -> None:
-                nonlocal emitted, next_out
-                stop = emitted + frames.shape[0]
-                picks = []
-                while next_out < n_out and indices[next_out] < stop:
-                    picks.append(indices[next_out] - emitted)
-                    next_out += 1
-                if picks:
-                    clock = time.perf_counter()
-                    chunk = frames[picks].mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
-                    writer.write(np.ascontiguousarray(chunk))
-                    stage_totals["write"] += time.perf_counter() - clock
-                emitted = stop
-
-            for number, plan in enumerate(plans):
-                def report(step: StepProgress, plan=plan) -> None:
-                    if progress is not None:
-                        progress(replace(step, window=plan.index, windows=len(plans)))
-
-                condition_video = None
-                if plan.index > 1:  # pixels [1, 3, frames, H, W] in [-1, 1]
-                    condition_video = tail[-plan.condition_frames :].permute(3, 0, 1, 2)[None] * 2 - 1
-                result = pipe(
-                    image,
-                    request.prompt,
-                    num_frames=plan.frames,
-                    condition_video=condition_video,
-                    prompt_embeds=embeds,
-                    negative_prompt_embeds=negative,
-                    progress=report,
-                    **common,
-                )
-                stage_totals["denoise"] += result.timings["denoise"]
-                stage_totals["decode"] += result.timings["decode"]
-                stage_totals["condition"] += result.timings["encode"]
-                frames = result.frames
-                if anchor is None:
-                    anchor = ColourAnchor(frames, request.colour_anchor)
-                else:
-                    frames = anchor.apply(frames)
-                if plan.blend:
-                    blended = crossfade(tail[-plan.blend :], frames[: plan.blend])
-                    frames = torch.cat([tail[: -plan.blend], blended, frames[plan.blend :]])
-                else:
-                    frames = torch.cat([tail, frames]) if tail.numel() else frames
-                # Keep back what the next window conditions on and blends over.
-                keep = plans[number + 1].condition_frames if number + 1 < len(plans) else 0
-                final, tail = frames[: frames.shape[0] - keep], frames[frames.shape[0] - keep :]
-                emit(final)
-            if next_out != n_out:
-                raise RuntimeError(f"internal error: wrote {next_out} of {n_out} frames")
+            written = 0
+            for chunk in conform(native_chunks, indices):
+                clock = time.perf_counter()
+                writer.write(chunk)
+                stage_totals["write"] += time.perf_counter() - clock
+                written += chunk.shape[0]
+            if written != n_out:
+                raise RuntimeError(f"internal error: made {written} of {n_out} frames")
         timings.update(stage_totals)
         timings["total"] = time.perf_counter() - started
         settings = {

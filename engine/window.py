@@ -10,6 +10,7 @@ colour do not drift over a minute of chained windows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -85,3 +86,33 @@ class ColourAnchor:
         matched = (frames.double() - mean) * (self.std / std) + self.mean
         out = frames.double() + self.strength * (matched - frames.double())
         return out.clamp(0, 1).to(frames.dtype)
+
+
+def chain_windows(
+    plans: list[WindowPlan],
+    run_window: Callable[[WindowPlan, torch.Tensor | None], torch.Tensor],
+    anchor_strength: float = 1.0,
+) -> Iterator[torch.Tensor]:
+    """Run the planned windows and yield the video's frames [n, H, W, 3] in order, as they become final.
+
+    ``run_window(plan, condition)`` returns a window's frames; ``condition`` is None for the first
+    window, else the last frames so far as pixels [1, 3, n, H, W] in [-1, 1]. The frames a later
+    window conditions on and blends over are held back until it has run.
+    """
+    tail = torch.empty(0)
+    anchor: ColourAnchor | None = None
+    for number, plan in enumerate(plans):
+        condition = None
+        if plan.index > 1:
+            condition = tail[-plan.condition_frames :].permute(3, 0, 1, 2)[None] * 2 - 1
+        frames = run_window(plan, condition)
+        if anchor is None:
+            anchor = ColourAnchor(frames, anchor_strength)
+        else:
+            frames = anchor.apply(frames)
+        if plan.blend:
+            blended = crossfade(tail[-plan.blend :], frames[: plan.blend])
+            frames = torch.cat([tail[: -plan.blend], blended, frames[plan.blend :]])
+        keep = plans[number + 1].condition_frames if number + 1 < len(plans) else 0
+        yield frames[: frames.shape[0] - keep]
+        tail = frames[frames.shape[0] - keep :]
