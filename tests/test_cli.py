@@ -130,3 +130,13 @@ def test_no_generic_top_level_names_are_installed():
     probe = "import importlib.util as u; print([n for n in ('engine', 'ui', 'plugin') if u.find_spec(n)])"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path("/"))
     assert done.stdout.strip() == "[]"
+
+
+def test_job_that_cannot_fit_is_refused_with_the_figures(tmp_path):
+    out = tmp_path / "big.mp4"
+    done = run("generate", "--model", "tiny", "--image", str(SAMPLE_IMAGE), "--prompt", "x", "--seconds", "1",
+               "--out", str(out), env={"MAGIC141_MEMORY_LIMIT_GB": "0.01"})
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: this job needs about") and "GiB" in last and "MAGIC141_MEMORY_LIMIT_GB" in last
+    assert list(tmp_path.iterdir()) == []
