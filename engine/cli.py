@@ -71,11 +71,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large frames)")
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    gen = commands.add_parser("generate", help="generate a video from an image (or from text) and a prompt")
+def add_job_options(gen: argparse.ArgumentParser, *, out_required: bool = True) -> None:
+    """The options of one generation job (``generate`` and ``queue add`` share them)."""
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--image", type=Path, help="first frame; without it a text-to-image model makes one")
-    gen.add_argument("--out", type=Path, required=True, help="output .mp4 (h264) or .mov (prores)")
+    gen.add_argument("--out", type=Path, required=out_required, help="output .mp4 (h264) or .mov (prores)")
     gen.add_argument("--seconds", type=_seconds, default=Fraction(5))
     gen.add_argument("--fps", type=_fps, default=Fraction(24), help="e.g. 24, 25, 24000/1001 (kept exact)")
     gen.add_argument("--seed", type=_seed, default=0)
@@ -89,10 +89,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--conditioning", choices=("magic141", "diffusers"), help="default: what the weights expect")
     gen.add_argument("--window-overlap", type=_positive("--window-overlap"), default=2, metavar="K",
                      help="latent frames each sliding window carries over (default 2)")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="generate a video from an image (or from text) and a prompt")
+    add_job_options(gen)
+    add_model_options(gen)
     gen.add_argument("--t2i", help="text-to-image model for the first frame: tiny or a diffusers directory")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_model_options(gen)
     gen.set_defaults(handler=run_generate)
+
+    serve = commands.add_parser("serve", help="run the engine service (a warm worker behind a local API)")
+    serve.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
+    serve.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    serve.set_defaults(handler=run_serve)
 
     info = commands.add_parser("info", help="describe a model: architecture, parameters, dtype, memory")
     add_model_options(info)
@@ -181,6 +191,13 @@ def run_generate(args) -> int:
             f"wrote {result.path}: {result.frames} frames at {fps} fps, {result.width}x{result.height} "
             f"{result.codec}{windows}, in {result.timings['total']:.1f} s"
         )
+    return 0
+
+
+def run_serve(args) -> int:
+    from .service import serve
+
+    serve(args.home, device=args.device)
     return 0
 
 

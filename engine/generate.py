@@ -36,7 +36,8 @@ class GenerateRequest:
 
     prompt: str
     out: Path
-    image: Path | None = None
+    image: Path | None = None  # a still, or a video when image_time is given
+    image_time: Fraction | None = None  # seconds into that video: its frame there starts the clip
     seconds: Fraction = Fraction(5)
     fps: Fraction = Fraction(24)
     seed: int = 0
@@ -267,6 +268,8 @@ class Engine:
         )
 
     def first_frame(self, request: GenerateRequest) -> PIL.Image.Image:
+        if request.image is not None and request.image_time is not None:
+            return media.grab_frame(request.image, request.image_time)
         if request.image is not None:
             return media.load_image(request.image)
         if self.t2i_source is None:

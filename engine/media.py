@@ -269,3 +269,43 @@ def read_frames(path) -> np.ndarray:
             for frame in container.decode(video=0)
         ]
     return np.stack(out)
+
+
+def grab_frame(path, seconds: Fraction) -> PIL.Image.Image:
+    """The frame shown at ``seconds`` (exact) into a video: seek to the keyframe before, decode forward.
+
+    Colour is converted explicitly with the stream's tagged matrix and range; untagged streams are
+    taken as BT.709 from 720 lines up and BT.601 below (what players assume).
+    """
+    seconds = Fraction(seconds)
+    if seconds < 0:
+        raise InvalidInput(f"time {seconds} s is before the start of {path}")
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        time_base = Fraction(stream.time_base)
+        start = stream.start_time or 0
+        target = start + seconds / time_base  # in stream ticks, exact
+        container.seek(int(target), stream=stream, backward=True, any_frame=False)
+        chosen = None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                if frame.pts > target and chosen is not None:
+                    break
+                chosen = frame
+        except av.FFmpegError as exc:
+            raise InvalidInput(f"video {path} cannot be decoded at {seconds} s: {exc}") from exc
+        if chosen is None:
+            raise InvalidInput(f"video {path} has no frame at {seconds} s")
+        last = chosen.pts + (chosen.duration or Fraction(1) / (Fraction(stream.average_rate or 24) * time_base))
+        if chosen.pts > target or target >= last + 1:
+            raise InvalidInput(f"time {float(seconds):.3f} s is outside {path}")
+        matrix = int(chosen.colorspace) if int(chosen.colorspace) in (1, 5, 6) else (1 if chosen.height >= 720 else 5)
+        full = int(chosen.color_range) == 2  # AVCOL_RANGE_JPEG
+        rgb = chosen.reformat(
+            format="rgb24",
+            src_colorspace="ITU709" if matrix == 1 else "ITU601",
+            src_color_range="JPEG" if full else "MPEG",
+        ).to_ndarray()
+    return PIL.Image.fromarray(rgb)

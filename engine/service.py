@@ -1,0 +1,228 @@
+"""The engine service: a warm worker behind a local HTTP API (Starlette on uvicorn).
+
+Why Starlette + uvicorn: both are widely used and maintained; uvicorn does the HTTP parsing
+(h11), Starlette gives routing, JSON and streaming responses in a few lines, and the service
+stays one small module. It binds 127.0.0.1 only, on a free port, and every request needs
+``Authorization: Bearer <token>`` (the token file is readable by the user alone).
+
+API, version 1 (JSON; errors are ``{"error": "..."}``):
+
+    GET  /v1/health                  version, device, free memory, loaded models, queue counts
+    POST /v1/jobs                    {"spec": {...}, "id": optional, "priority": 0} -> 201 job
+    GET  /v1/jobs                    {"jobs": [job, ...]} in run order
+    GET  /v1/jobs/{id}               job                           (404 if unknown)
+    POST /v1/jobs/{id}/cancel        job (CANCELLED, or CANCELLING until the step loop stops)
+    POST /v1/jobs/{id}/retry         job (PENDING again)
+    POST /v1/queue/pause | resume    {"paused": bool}
+    GET  /v1/events[?job=ID&after=N] server-sent events, one JSON event per ``data:`` line
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from magic141 import __version__
+
+from . import home as home_dir
+from .events import TERMINAL, EventHub
+from .jobspec import InvalidSpec, JobSpec
+from .queue import JobConflict, JobNotFound, JobQueue
+from .errors import InvalidInput
+from .worker import Worker
+
+API_VERSION = 1
+log = logging.getLogger("magic141.service")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, default_output: Path) -> Starlette:
+    async def health(request: Request) -> Response:
+        from .memory import available_bytes
+
+        device = worker.device or ("cuda" if _cuda() else "cpu")
+        return JSONResponse({
+            "version": API_VERSION, "magic141": __version__, "device": device,
+            "free_memory": available_bytes(device), "loaded_models": worker.loaded_models,
+            "running": worker.current, "queue": queue.counts(), "paused": queue.paused,
+        })
+
+    async def submit(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return _error(400, f"the body is not valid JSON: {exc}")
+        if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
+            return _error(400, 'spec: the body must be {"spec": {...}, "id": ..., "priority": ...}')
+        spec = dict(body["spec"])
+        spec.setdefault("output_dir", str(default_output))
+        priority = body.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            return _error(400, f"priority: must be a whole number, got {priority!r}")
+        try:
+            normalised = JobSpec.from_json(spec).to_json()
+            job = queue.submit(normalised, job_id=body.get("id"), priority=priority)
+        except (InvalidSpec, InvalidInput) as exc:
+            return _error(400, str(exc))
+        except JobConflict as exc:
+            return _error(409, str(exc))
+        if job.state.value == "PENDING":
+            hub.publish(job.id, "queued", priority=job.priority)
+        return JSONResponse(job.to_json(), status_code=201)
+
+    async def list_jobs(request: Request) -> Response:
+        return JSONResponse({"jobs": [job.to_json() for job in queue.list()]})
+
+    def _job_action(action):
+        async def endpoint(request: Request) -> Response:
+            try:
+                job = action(request.path_params["job_id"])
+            except JobNotFound as exc:
+                return _error(404, str(exc))
+            except InvalidInput as exc:
+                return _error(409, str(exc))
+            return JSONResponse(job.to_json())
+
+        return endpoint
+
+    def _cancel(job_id: str):
+        job = queue.cancel(job_id)
+        if job.state.value == "CANCELLED":
+            hub.publish(job_id, "cancelled")
+        return job
+
+    def _retry(job_id: str):
+        job = queue.retry(job_id)
+        hub.publish(job_id, "queued", priority=job.priority)
+        return job
+
+    def _set_paused(paused: bool):
+        async def endpoint(request: Request) -> Response:
+            queue.pause() if paused else queue.resume()
+            return JSONResponse({"paused": queue.paused})
+
+        return endpoint
+
+    async def events(request: Request) -> Response:
+        job_id = request.query_params.get("job")
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return _error(400, "after: must be a whole number")
+        if job_id is not None:
+            try:
+                job = queue.get(job_id)
+            except JobNotFound as exc:
+                return _error(404, str(exc))
+        else:
+            job = None
+
+        def stream():
+            # A job that ended before this service saw it (e.g. before a restart) still gets its end.
+            if job is not None and job.state.value in ("DONE", "FAILED", "CANCELLED") and not _seen_end(hub, job_id):
+                kind = {"DONE": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}[job.state.value]
+                yield _sse({"version": 1, "seq": 0, "job": job_id, "type": kind, "result": job.result,
+                            "reason": job.error})
+                return
+            for event in hub.follow(job_id, after=after):
+                if event is None:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield _sse(event)
+                if job_id is not None and event["type"] in TERMINAL:
+                    return
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    routes = [
+        Route("/v1/health", health),
+        Route("/v1/jobs", submit, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", _job_action(queue.get), methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", _job_action(_cancel), methods=["POST"]),
+        Route("/v1/jobs/{job_id}/retry", _job_action(_retry), methods=["POST"]),
+        Route("/v1/queue/pause", _set_paused(True), methods=["POST"]),
+        Route("/v1/queue/resume", _set_paused(False), methods=["POST"]),
+        Route("/v1/events", events),
+    ]
+    app = Starlette(routes=routes)
+    expected = f"Bearer {token}".encode()
+
+    async def guard(scope, receive, send):
+        # Checked before routing: a request without the token learns nothing, not even which paths exist.
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, expected):
+                await _error(401, "unauthorized")(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return guard
+
+
+def _seen_end(hub: EventHub, job_id: str) -> bool:
+    return any(e["job"] == job_id and e["type"] in TERMINAL for e in list(hub._events))
+
+
+def _sse(event: dict) -> str:
+    return f"data: {json.dumps(event)}\n\n"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def serve(root: Path | None = None, *, device: str | None = None, port: int = 0) -> None:
+    """Run the service until interrupted: recover the queue, start the worker, listen on loopback."""
+    import uvicorn
+
+    root = home_dir.home(root)
+    logging.basicConfig(filename=root / "logs" / "service.log", level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    queue = JobQueue(root / "queue.db")
+    recovered = queue.recover()
+    if recovered:
+        log.info("recovered %d jobs after an unclean stop", len(recovered))
+    hub = EventHub()
+    worker = Worker(queue, hub, device=device)
+    token = home_dir.new_token(root)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))  # loopback only: nothing listens on other interfaces
+    address = sock.getsockname()
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run_forever, args=(stop,), name="magic141-worker", daemon=True)
+    app = build_app(queue, hub, worker, token, root / "outputs")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    service_file = root / "service.json"
+    home_dir.write_json_atomically(service_file, {
+        "version": home_dir.SERVICE_FILE_VERSION, "pid": os.getpid(),
+        "url": f"http://{address[0]}:{address[1]}", "started": time.time(), "magic141": __version__,
+    })
+    thread.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        stop.set()
+        data = home_dir.read_service(root)
+        if data and data.get("pid") == os.getpid():
+            service_file.unlink(missing_ok=True)
+        queue.close()

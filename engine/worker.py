@@ -1,0 +1,169 @@
+"""The queue worker: claims jobs, keeps the pipeline warm between them, records what happened.
+
+One worker runs one job at a time on one device. A second job on the same model and quantisation
+reuses the loaded engine (no load time). Every failure of a job is recorded on that job with a
+clear reason and the worker goes on to the next; nothing but the job's own state changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import PIL.Image
+
+from .errors import JobCancelled, Magic141Error
+from .events import EventHub
+from .generate import Engine, GenerateRequest
+from .jobspec import JobSpec
+from .pipeline_output import CancelToken, StepProgress
+from .queue import Job, JobQueue, JobState
+
+log = logging.getLogger("magic141.worker")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def request_for(job_id: str, spec: JobSpec) -> GenerateRequest:
+    source = spec.source
+    return GenerateRequest(
+        prompt=spec.prompt,
+        out=Path(spec.output_path(job_id)),
+        image=Path(source.path) if source.path else None,
+        image_time=source.time,
+        seconds=spec.seconds,
+        fps=spec.fps,
+        seed=spec.seed,
+        steps=spec.steps,
+        height=spec.height,
+        width=spec.width,
+        codec=spec.codec,
+        shift=spec.shift,
+        guidance=spec.guidance,
+        negative_prompt=spec.negative_prompt,
+        conditioning=spec.conditioning,
+        window_overlap=spec.window_overlap,
+    )
+
+
+class Worker:
+    def __init__(self, queue: JobQueue, hub: EventHub | None = None, *, device: str | None = None,
+                 name: str | None = None, previews: bool = True) -> None:
+        self.queue = queue
+        self.hub = hub or EventHub()
+        self.device = device
+        self.name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
+        self.previews = previews
+        self._engine: Engine | None = None
+        self._engine_key: tuple | None = None
+        self.current: str | None = None
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return [f"{self._engine_key[0]} ({self._engine_key[1]})"] if self._engine_key else []
+
+    def engine_for(self, spec: JobSpec) -> Engine:
+        key = (spec.model, spec.quant)
+        if key != self._engine_key:
+            self._engine = None  # one model at a time: free the old one before loading the next
+            self._engine_key = None
+            self._engine = Engine.load(spec.model, device=self.device, quant=spec.quant)
+            self._engine_key = key
+        return self._engine
+
+    def run_forever(self, stop: threading.Event, poll: float = 0.2) -> None:
+        while not stop.is_set():
+            if not self.run_one():
+                stop.wait(poll)
+
+    def drain(self) -> int:
+        """Run jobs until none is pending; returns how many ran."""
+        count = 0
+        while self.run_one():
+            count += 1
+        return count
+
+    def run_one(self) -> bool:
+        job = self.queue.claim(self.name)
+        if job is None:
+            return False
+        self.current = job.id
+        try:
+            self._run(job)
+        finally:
+            self.current = None
+        return True
+
+    def _run(self, job: Job) -> None:
+        self.hub.publish(job.id, "started", attempt=job.attempts, worker=self.name)
+        token = CancelToken()
+        output: Path | None = None
+
+        def progress(step: StepProgress) -> None:
+            if self.queue.is_cancel_requested(job.id):
+                token.cancel()
+            data = {"step": step.step, "total": step.total, "window": step.window, "windows": step.windows,
+                    "elapsed": round(step.elapsed, 3), "eta": round(step.eta, 3)}
+            self.queue.report_progress(job.id, data)
+            if step.preview is not None:
+                data["preview"] = _png_base64(step.preview)
+            self.hub.publish(job.id, "step", **data)
+
+        try:
+            spec = JobSpec.from_json(job.spec)
+            request = request_for(job.id, spec)
+            output = request.out
+            started = time.perf_counter()
+            engine = self.engine_for(spec)
+            load = time.perf_counter() - started
+            request = GenerateRequest(**{**request.__dict__, "preview": self.previews})
+            result = engine.generate(request, progress=progress, cancel=token).to_json()
+            result["timings"]["load"] = load
+            final = self.queue.complete(job.id, result)
+            if final.state == JobState.CANCELLED:  # cancelled as the last step finished
+                Path(result["path"]).unlink(missing_ok=True)
+                self.hub.publish(job.id, "cancelled")
+            else:
+                self.hub.publish(job.id, "finished", result=result)
+        except JobCancelled:
+            self.queue.mark_cancelled(job.id)
+            self.hub.publish(job.id, "cancelled")
+        except Magic141Error as exc:
+            self._fail(job, str(exc))
+        except Exception as exc:  # the worker must outlive any one job
+            if _is_out_of_memory(exc):
+                self._release_device_memory()
+                self._fail(job, f"out of memory on the device: {exc}".split("\n")[0] +
+                           "; try quant fp8, a smaller size or fewer seconds")
+            else:
+                log.exception("job %s failed", job.id)
+                self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
+        if output is not None and self.queue.get(job.id).state != JobState.DONE:
+            output.unlink(missing_ok=True)  # the writer is atomic; this only guards a late cancel
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.queue.fail(job.id, reason)
+        self.hub.publish(job.id, "failed", reason=reason)
+
+    def _release_device_memory(self) -> None:
+        import torch
+
+        self._engine, self._engine_key = None, None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _png_base64(rgb) -> str:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(rgb).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+

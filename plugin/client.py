@@ -1,0 +1,150 @@
+"""The engine client: finds (or starts) the local engine service and talks to it. Never imports torch.
+
+The service's address is in ``$MAGIC141_HOME/service.json`` and its token in
+``$MAGIC141_HOME/token``. ``EngineClient.connect()`` reuses a running service or starts one as a
+new process (spawned, never forked from a process that may hold CUDA) and waits until it answers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+from magic141.engine import home as home_dir
+from magic141.engine.errors import Magic141Error
+
+
+class EngineError(Magic141Error):
+    """The service refused a request (``status`` says how) or could not be reached (status 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EngineClient:
+    def __init__(self, root: str | os.PathLike | None = None, *, timeout: float = 30.0) -> None:
+        self.root = home_dir.home(root)
+        self.timeout = timeout
+        self._url: str | None = None
+        self._token: str | None = None
+
+    # Finding and starting the service ----------------------------------------------------------
+
+    def connect(self, *, start: bool = True, wait: float = 120.0) -> "EngineClient":
+        if self._try_existing():
+            return self
+        if not start:
+            raise EngineError(f"no engine service is running for {self.root}")
+        log = open(self.root / "logs" / "service.out", "ab")
+        subprocess.Popen(
+            [sys.executable, "-m", "magic141", "serve", "--home", str(self.root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+        )
+        log.close()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self._try_existing():
+                return self
+            time.sleep(0.2)
+        raise EngineError(f"the engine service did not start within {wait:.0f} s; see {self.root / 'logs'}")
+
+    def _try_existing(self) -> bool:
+        info = home_dir.read_service(self.root)
+        token = home_dir.read_token(self.root)
+        if info is None or token is None or not _pid_alive(info.get("pid")):
+            return False
+        self._url, self._token = info["url"], token
+        try:
+            self.health()
+        except EngineError:
+            self._url = None
+            return False
+        return True
+
+    # Requests ---------------------------------------------------------------------------------
+
+    def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        if self._url is None:
+            self.connect()
+        parts = urlsplit(self._url)
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout or self.timeout)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        connection = self._connection()
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"}
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        except OSError as exc:
+            raise EngineError(f"cannot reach the engine service at {self._url}: {exc}") from exc
+        finally:
+            connection.close()
+        try:
+            decoded = json.loads(data) if data else {}
+        except ValueError:
+            decoded = {"error": data.decode(errors="replace")}
+        if response.status >= 400:
+            raise EngineError(decoded.get("error", f"HTTP {response.status}"), response.status)
+        return decoded
+
+    def health(self) -> dict:
+        return self.request("GET", "/v1/health")
+
+    def submit(self, spec: dict, *, job_id: str | None = None, priority: int = 0) -> dict:
+        body = {"spec": dict(spec), "priority": priority}
+        if job_id is not None:
+            body["id"] = job_id
+        return self.request("POST", "/v1/jobs", body)
+
+    def jobs(self) -> list[dict]:
+        return self.request("GET", "/v1/jobs")["jobs"]
+
+    def job(self, job_id: str) -> dict:
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def retry(self, job_id: str) -> dict:
+        return self.request("POST", f"/v1/jobs/{job_id}/retry")
+
+    def events(self, job_id: str | None = None, after: int = 0) -> Iterator[dict]:
+        """Follow server-sent events (of one job until it ends, or of all jobs)."""
+        query = {"after": after, **({"job": job_id} if job_id else {})}
+        connection = self._connection(timeout=60.0)
+        try:
+            connection.request("GET", f"/v1/events?{urlencode(query)}",
+                               headers={"Authorization": f"Bearer {self._token}"})
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise EngineError(json.loads(response.read() or b"{}").get("error", "error"), response.status)
+            for raw in response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+        except OSError as exc:
+            raise EngineError(f"lost the engine service's event stream: {exc}") from exc
+        finally:
+            connection.close()
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,190 @@
+"""``magic141 queue ...``: the render queue from the command line, through the engine service.
+
+``add``, ``list``, ``cancel``, ``retry``, ``pause``, ``resume`` and ``watch`` talk to the service
+(started if none is running); ``run`` drains the queue in this process and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_JOB_FAILED = 1
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from magic141.engine.cli import add_job_options
+
+    queue = commands.add_parser("queue", help="the persistent render queue")
+    queue.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
+    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="queue a job (the options of generate, or --spec FILE); prints its id")
+    add.add_argument("--spec", type=Path, help="a job spec JSON file (version 1) instead of the options")
+    add.add_argument("--id", help="job id (submitting the same id and spec again is a no-op)")
+    add.add_argument("--priority", type=int, default=0)
+    add.add_argument("--model", default="tiny")
+    add.add_argument("--quant", choices=("none", "int8", "fp8"), default="none")
+    add.add_argument("--media", type=Path, help="a video to start from, with --at")
+    add.add_argument("--at", help="time in --media, in seconds (exact: 1001/24 or 2.5)")
+    add_job_options(add, out_required=False)
+    for action in add._actions:  # with --spec, the prompt comes from the file
+        if action.dest == "prompt":
+            action.required = False
+    add.set_defaults(handler=run_add)
+
+    actions.add_parser("list", help="one line per job: id, state, progress").set_defaults(handler=run_list)
+    for name, helptext in (("cancel", "cancel a job"), ("retry", "queue a failed or cancelled job again")):
+        sub = actions.add_parser(name, help=helptext)
+        sub.add_argument("id")
+        sub.set_defaults(handler=run_job_action, verb=name)
+    actions.add_parser("pause", help="finish the running job, start no new one").set_defaults(
+        handler=run_pause, paused=True)
+    actions.add_parser("resume", help="start jobs again").set_defaults(handler=run_pause, paused=False)
+    watch = actions.add_parser("watch", help="live progress; with an ID, exit 0 when it is done, 1 otherwise")
+    watch.add_argument("id", nargs="?")
+    watch.set_defaults(handler=run_watch)
+    run = actions.add_parser("run", help="run queued jobs in this process until none is left, then exit")
+    run.add_argument("--device")
+    run.set_defaults(handler=run_drain)
+
+
+def _client(args):
+    from .client import EngineClient
+
+    return EngineClient(args.home).connect()
+
+
+def spec_from_args(args) -> dict:
+    if args.spec is not None:
+        try:
+            return json.loads(args.spec.read_text())
+        except (OSError, ValueError) as exc:
+            from magic141.engine.errors import InvalidInput
+
+            raise InvalidInput(f"--spec {args.spec} cannot be read as JSON: {exc}") from exc
+    if args.prompt is None:
+        from magic141.engine.errors import InvalidInput
+
+        raise InvalidInput("--prompt is required (or give --spec FILE)")
+    if args.media is not None:
+        if args.at is None:
+            from magic141.engine.errors import InvalidInput
+
+            raise InvalidInput("--media needs --at TIME (seconds into the video)")
+        source = {"kind": "media", "path": str(args.media.resolve()), "time": args.at}
+    elif args.image is not None:
+        source = {"kind": "image", "path": str(args.image.resolve())}
+    else:
+        source = {"kind": "none"}
+    spec = {
+        "version": 1, "source": source, "prompt": args.prompt, "seconds": str(args.seconds),
+        "fps": f"{args.fps.numerator}/{args.fps.denominator}", "seed": args.seed, "model": args.model,
+        "quant": args.quant, "steps": args.steps, "height": args.height, "width": args.width,
+        "shift": args.shift, "guidance": args.cfg, "negative_prompt": args.negative_prompt,
+        "conditioning": args.conditioning, "window_overlap": args.window_overlap,
+    }
+    if args.model != "tiny" and Path(args.model).exists():
+        spec["model"] = str(Path(args.model).resolve())
+    if args.out is not None:
+        out = args.out.resolve()
+        spec.update(output_dir=str(out.parent), output_name=out.name,
+                    codec=args.codec or ("prores" if out.suffix.lower() == ".mov" else "h264"))
+    elif args.codec:
+        spec["codec"] = args.codec
+    return spec
+
+
+def run_add(args) -> int:
+    job = _client(args).submit(spec_from_args(args), job_id=args.id, priority=args.priority)
+    print(job["id"])
+    return 0
+
+
+def _line(job: dict) -> str:
+    progress = job.get("progress") or {}
+    where = ""
+    if job["state"] in ("RUNNING", "CANCELLING") and progress:
+        where = f" step {progress['step']}/{progress['total']}"
+        if progress.get("windows", 1) > 1:
+            where += f" window {progress['window']}/{progress['windows']}"
+    detail = job.get("error") or (job.get("result") or {}).get("path") or job["spec"].get("prompt", "")
+    return f"{job['id']}  {job['state']:<10}{where}  {detail}"
+
+
+def run_list(args) -> int:
+    for job in _client(args).jobs():
+        print(_line(job))
+    return 0
+
+
+def run_job_action(args) -> int:
+    from .client import EngineError
+
+    try:
+        job = getattr(_client(args), args.verb)(args.id)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(_line(job))
+    return 0
+
+
+def run_pause(args) -> int:
+    client = _client(args)
+    state = client.request("POST", "/v1/queue/pause" if args.paused else "/v1/queue/resume")
+    print("paused" if state["paused"] else "running")
+    return 0
+
+
+def run_watch(args) -> int:
+    from tqdm import tqdm
+
+    from .client import EngineError
+
+    client = _client(args)
+    bars: dict[str, tqdm] = {}
+    try:
+        if args.id:
+            job = client.job(args.id)  # 404 -> a clear error
+            print(_line(job), file=sys.stderr)
+        for event in client.events(args.id):
+            key = event["job"]
+            if event["type"] == "step":
+                label = f"{key[:8]} window {event['window']}/{event['windows']}"
+                bar = bars.get(key)
+                if bar is None or bar.desc != label:
+                    if bar is not None:
+                        bar.close()
+                    bar = bars[key] = tqdm(total=event["total"], desc=label, unit="step", file=sys.stderr)
+                bar.n = event["step"]
+                bar.refresh()
+            elif event["type"] in ("finished", "failed", "cancelled", "queued", "started"):
+                if key in bars and event["type"] != "started":
+                    bars.pop(key).close()
+                detail = event.get("reason") or (event.get("result") or {}).get("path") or ""
+                print(f"{key}  {event['type']}  {detail}".rstrip(), file=sys.stderr)
+                if args.id and event["type"] in ("finished", "failed", "cancelled"):
+                    return 0 if event["type"] == "finished" else EXIT_JOB_FAILED
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run_drain(args) -> int:
+    from magic141.engine import home as home_dir
+    from magic141.engine.queue import JobQueue
+    from magic141.engine.worker import Worker
+
+    root = home_dir.home(args.home)
+    with JobQueue(root / "queue.db") as queue:
+        worker = Worker(queue, device=args.device, previews=False)
+        ran = worker.drain()
+        counts = queue.counts()
+    print(f"ran {ran} jobs; {counts['DONE']} done, {counts['FAILED']} failed, {counts['CANCELLED']} cancelled in all")
+    return 0
