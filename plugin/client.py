@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,11 +45,14 @@ class EngineClient:
         if not start:
             raise EngineError(f"no engine service is running for {self.root}")
         log = open(self.root / "logs" / "service.out", "ab")
-        subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "magic141", "serve", "--home", str(self.root)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
         )
         log.close()
+        # The service outlives this client; a daemon thread reaps it if it exits while we run
+        # (no zombie), and holds the Popen so it is never collected while the child still runs.
+        threading.Thread(target=process.wait, name="magic141-service-reaper", daemon=True).start()
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self._try_existing():

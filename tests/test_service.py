@@ -1,0 +1,177 @@
+"""The engine service as a real subprocess: submit, stream, auth, crash recovery, cancel, load."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from magic141.engine import home as home_dir
+from magic141.engine import media
+from magic141.plugin.client import EngineClient, EngineError
+
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
+
+
+def spec(out_dir: Path, seconds: str = "1", **extra) -> dict:
+    return {"version": 1, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)}, "prompt": "a red ball rolls",
+            "seconds": seconds, "fps": "24000/1001", "height": 32, "width": 48, "output_dir": str(out_dir), **extra}
+
+
+def stop_service(root: Path) -> None:
+    info = home_dir.read_service(root)
+    if info:
+        try:
+            os.kill(info["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def service(tmp_path):
+    root = tmp_path / "home"
+    client = EngineClient(root).connect()
+    yield client
+    stop_service(client.root)
+
+
+def raw_request(client: EngineClient, method: str, path: str, body: bytes | None = None, token: str | None = None):
+    parts = urlsplit(home_dir.read_service(client.root)["url"])
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, data
+
+
+def wait_for_state(client: EngineClient, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached {states}: {client.job(job_id)}")
+
+
+def test_submit_stream_to_the_end_and_check_the_file(service, tmp_path):
+    health = service.health()
+    assert health["device"] == "cpu" and health["version"] == 1
+    job = service.submit(spec(tmp_path / "renders"))
+    events = list(service.events(job["id"]))
+    kinds = [e["type"] for e in events]
+    assert kinds[-1] == "finished", events[-1]
+    steps = [e for e in events if e["type"] == "step"]
+    assert steps and all(e["total"] == 4 and e["eta"] >= 0 for e in steps)
+    assert all(e["version"] == 1 for e in events)
+    assert any("preview" in e for e in steps)  # small step previews travel as PNG
+    result = events[-1]["result"]
+    info = media.probe_video(result["path"])
+    assert info.frames == result["frames"] == 24 and info.fps == Fraction(24000, 1001)
+    assert Path(result["path"]).parent == tmp_path / "renders"
+    assert service.job(job["id"])["state"] == "DONE"
+    # A second job on the same model pays no load time: the pipeline stays warm.
+    second = service.submit(spec(tmp_path / "renders", seed=1))
+    last = list(service.events(second["id"]))[-1]
+    assert last["type"] == "finished" and last["result"]["timings"]["load"] < 0.05
+    assert "tiny (none)" in service.health()["loaded_models"]
+
+
+def test_token_json_and_unknown_jobs(service, tmp_path):
+    token = home_dir.read_token(service.root)
+    assert (service.root / "token").stat().st_mode & 0o777 == 0o600
+    for bad in (None, "wrong", token + "x"):
+        status, body = raw_request(service, "GET", "/v1/jobs", token=bad)
+        assert status == 401 and json.loads(body) == {"error": "unauthorized"}
+    status, _ = raw_request(service, "GET", "/v1/no-such-route", token=None)
+    assert status == 401  # nothing about routes without the token
+    status, body = raw_request(service, "POST", "/v1/jobs", body=b"{not json", token=token)
+    assert status == 400 and "not valid JSON" in json.loads(body)["error"]
+    with pytest.raises(EngineError) as bad_spec:
+        service.submit({**spec(tmp_path), "seconds": "-1"})
+    assert bad_spec.value.status == 400 and "seconds" in str(bad_spec.value)
+    with pytest.raises(EngineError) as missing:
+        service.job("nope")
+    assert missing.value.status == 404 and "nope" in str(missing.value)
+    assert home_dir.read_service(service.root)["url"].startswith("http://127.0.0.1:")
+
+
+def test_kill_9_mid_job_then_restart_completes_it_and_keeps_the_queue(tmp_path):
+    root = tmp_path / "home"
+    client = EngineClient(root).connect()
+    try:
+        long_job = client.submit(spec(tmp_path / "out", seconds="12"), job_id="long")
+        queued = [client.submit(spec(tmp_path / "out", seed=i), job_id=f"after-{i}")["id"] for i in range(3)]
+        for event in client.events("long"):
+            if event["type"] == "step":
+                break
+        stop_service(root)  # kill -9 while the job runs
+        time.sleep(0.5)
+        restarted = EngineClient(root).connect()
+        jobs = {job["id"]: job for job in restarted.jobs()}
+        assert set(jobs) == {"long", *queued}
+        assert list(restarted.events("long"))[-1]["type"] == "finished"
+        final = restarted.job("long")
+        assert final["state"] == "DONE" and final["attempts"] == 2
+        assert media.probe_video(final["result"]["path"]).frames == round(12 * Fraction(24000, 1001))
+        for job_id in queued:
+            assert wait_for_state(restarted, job_id, ("DONE",))["state"] == "DONE"
+        assert long_job["id"] == "long"
+    finally:
+        stop_service(root)
+
+
+def test_cancel_stops_within_one_step_and_leaves_no_file(service, tmp_path):
+    out = tmp_path / "cancelled"
+    other = service.submit(spec(tmp_path / "kept", seed=5), job_id="other", priority=-1)
+    job = service.submit(spec(out, seconds="20"), job_id="victim", priority=5)
+    steps_after_cancel = []
+    cancelled_at = None
+    for event in service.events("victim"):
+        if event["type"] == "step":
+            if cancelled_at is None and event["window"] == 2:
+                service.cancel("victim")
+                cancelled_at = event["seq"]
+            elif cancelled_at is not None:
+                steps_after_cancel.append(event)
+    assert event["type"] == "cancelled"
+    assert len(steps_after_cancel) <= 1  # the step in flight may finish; no more
+    assert service.job(job["id"])["state"] == "CANCELLED"
+    assert not out.exists() or list(out.iterdir()) == []
+    assert wait_for_state(service, other["id"], ("DONE",))["state"] == "DONE"  # untouched
+
+
+def test_200_jobs_from_4_clients_are_recorded_once(service, tmp_path):
+    service.request("POST", "/v1/queue/pause")
+    errors = []
+
+    def submit_many(client_number: int) -> None:
+        client = EngineClient(service.root).connect(start=False)
+        for i in range(50):
+            try:
+                job_id = f"c{client_number}-{i}"
+                client.submit(spec(tmp_path, seed=i), job_id=job_id)
+                if i % 10 == 0:  # a retried submission must not duplicate
+                    client.submit(spec(tmp_path, seed=i), job_id=job_id)
+            except EngineError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=submit_many, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    ids = [job["id"] for job in service.jobs()]
+    assert len(ids) == len(set(ids)) == 200
+    assert service.health()["queue"]["PENDING"] == 200
