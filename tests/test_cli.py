@@ -140,3 +140,41 @@ def test_job_that_cannot_fit_is_refused_with_the_figures(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: this job needs about") and "GiB" in last and "MAGIC141_MEMORY_LIMIT_GB" in last
     assert list(tmp_path.iterdir()) == []
+
+
+def test_queue_commands_through_the_service(tmp_path):
+    env = {"MAGIC141_HOME": str(tmp_path / "home")}
+    try:
+        added = run("queue", "add", "--image", str(SAMPLE_IMAGE), "--prompt", "a ball", "--seconds", "0.5",
+                    "--height", "32", "--width", "48", "--out", str(tmp_path / "q.mp4"), env=env)
+        assert added.returncode == 0, added.stderr
+        job_id = added.stdout.strip()
+        watched = run("queue", "watch", job_id, env=env)
+        assert watched.returncode == 0 and "finished" in watched.stderr
+        assert media.probe_video(tmp_path / "q.mp4").frames == 12
+        listed = run("queue", "list", env=env)
+        assert f"{job_id}  DONE" in listed.stdout
+        failing = run("queue", "add", "--image", str(tmp_path / "gone.png"), "--prompt", "x", "--seconds", "1",
+                      "--height", "32", "--width", "48", env=env).stdout.strip()
+        watched = run("queue", "watch", failing, env=env)
+        assert watched.returncode == 1 and "gone.png" in watched.stderr
+        assert run("queue", "cancel", "nope", env=env).returncode == 2
+    finally:
+        from magic141.engine import home as home_dir
+        info = home_dir.read_service(tmp_path / "home")
+        if info:
+            os.kill(info["pid"], 9)
+
+
+def test_queue_run_drains_without_a_service(tmp_path):
+    from magic141.engine.queue import JobQueue
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with JobQueue(home / "queue.db") as queue:
+        for seed in range(2):
+            queue.submit({"version": 1, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)}, "prompt": "x",
+                          "seconds": "1/2", "height": 32, "width": 48, "seed": seed, "output_dir": str(tmp_path)})
+    done = run("queue", "run", env={"MAGIC141_HOME": str(home)})
+    assert done.returncode == 0 and "ran 2 jobs; 2 done" in done.stdout
+    assert len(list(tmp_path.glob("magic141_*.mp4"))) == 2
