@@ -94,7 +94,7 @@ class JobQueue:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise Magic141Error(f"{path} was made by a newer Magic141 (queue schema {version})")
-            db.execute(f"""CREATE TABLE IF NOT EXISTS jobs (
+            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 id TEXT PRIMARY KEY, state TEXT NOT NULL, spec TEXT NOT NULL, priority INTEGER NOT NULL,
                 attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL, created REAL NOT NULL,
                 updated REAL NOT NULL, started REAL, finished REAL, result TEXT, error TEXT, progress TEXT)""")
@@ -257,21 +257,27 @@ class JobQueue:
             return self._set(db, job_id, state=JobState.PENDING, attempts=0, error=None, finished=None,
                              started=None, progress=None)
 
-    def recover(self) -> list[Job]:
-        """At engine start: jobs left RUNNING by a dead engine run again (or fail, out of attempts)."""
-        changed = []
+    def _give_back(self, db, job_id: str) -> Job:
+        job = self._get(db, job_id)
+        if job.state == JobState.CANCELLING:
+            return self._set(db, job_id, state=JobState.CANCELLED, finished=time.time())
+        if job.state != JobState.RUNNING:
+            return job
+        if job.attempts < job.max_attempts:
+            return self._set(db, job_id, state=JobState.PENDING, progress=None)
+        return self._set(db, job_id, state=JobState.FAILED, finished=time.time(),
+                         error=f"the engine stopped during this job {job.attempts} times")
+
+    def give_back(self, job_id: str) -> Job:
+        """The engine running this job died: run it again (or fail it, out of attempts; or end a cancel)."""
         with self._write() as db:
-            rows = db.execute("SELECT id, state, attempts, max_attempts FROM jobs "
-                              "WHERE state IN ('RUNNING', 'CANCELLING')").fetchall()
-            for job_id, state, attempts, max_attempts in rows:
-                if state == JobState.CANCELLING.value:
-                    changed.append(self._set(db, job_id, state=JobState.CANCELLED, finished=time.time()))
-                elif attempts < max_attempts:
-                    changed.append(self._set(db, job_id, state=JobState.PENDING, progress=None))
-                else:
-                    changed.append(self._set(db, job_id, state=JobState.FAILED, finished=time.time(),
-                                             error=f"the engine stopped during this job {attempts} times"))
-        return changed
+            return self._give_back(db, job_id)
+
+    def recover(self) -> list[Job]:
+        """At engine start: every job a dead engine left RUNNING or CANCELLING is given back."""
+        with self._write() as db:
+            rows = db.execute("SELECT id FROM jobs WHERE state IN ('RUNNING', 'CANCELLING')").fetchall()
+            return [self._give_back(db, job_id) for (job_id,) in rows]
 
     def _paused(self, db) -> bool:
         row = db.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()

@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import PIL.Image
@@ -55,17 +56,23 @@ def request_for(job_id: str, spec: JobSpec) -> GenerateRequest:
     )
 
 
-class Worker:
-    def __init__(self, queue: JobQueue, hub: EventHub | None = None, *, device: str | None = None,
-                 name: str | None = None, previews: bool = True) -> None:
-        self.queue = queue
-        self.hub = hub or EventHub()
+@dataclass(frozen=True)
+class Outcome:
+    """How one job ended: ``state`` is DONE, FAILED or CANCELLED."""
+
+    state: JobState
+    result: dict | None = None
+    reason: str | None = None
+
+
+class JobRunner:
+    """Runs job specs on a warm engine; knows nothing of queues (Ray actors hold one too)."""
+
+    def __init__(self, device: str | None = None, *, previews: bool = True) -> None:
         self.device = device
-        self.name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
         self.previews = previews
         self._engine: Engine | None = None
         self._engine_key: tuple | None = None
-        self.current: str | None = None
 
     @property
     def loaded_models(self) -> list[str]:
@@ -79,6 +86,76 @@ class Worker:
             self._engine = Engine.load(spec.model, device=self.device, quant=spec.quant)
             self._engine_key = key
         return self._engine
+
+    def execute(self, job_id: str, spec_json: dict, progress=None, cancel: CancelToken | None = None) -> Outcome:
+        """Run one job; every failure becomes a FAILED outcome with a clear reason (never a raise)."""
+        output: Path | None = None
+        try:
+            spec = JobSpec.from_json(spec_json)
+            request = request_for(job_id, spec)
+            output = request.out
+            started = time.perf_counter()
+            engine = self.engine_for(spec)
+            load = time.perf_counter() - started
+            request = GenerateRequest(**{**request.__dict__, "preview": self.previews})
+            result = engine.generate(request, progress=progress, cancel=cancel).to_json()
+            result["timings"]["load"] = load
+            return Outcome(JobState.DONE, result=result)
+        except JobCancelled:
+            return Outcome(JobState.CANCELLED)
+        except Magic141Error as exc:
+            return Outcome(JobState.FAILED, reason=str(exc))
+        except Exception as exc:  # the runner must outlive any one job
+            if _is_out_of_memory(exc):
+                self._release_device_memory()
+                reason = f"out of memory on the device: {exc}".split("\n")[0]
+                return Outcome(JobState.FAILED, reason=reason + "; try quant fp8, a smaller size or fewer seconds")
+            log.exception("job %s failed", job_id)
+            return Outcome(JobState.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if output is not None and cancel is not None and cancel.cancelled:
+                output.unlink(missing_ok=True)
+
+    def _release_device_memory(self) -> None:
+        import torch
+
+        self._engine, self._engine_key = None, None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def record(queue: JobQueue, hub: EventHub, job_id: str, outcome: Outcome) -> None:
+    """Write a job's outcome to the queue (the record) and tell the event stream."""
+    if outcome.state == JobState.DONE:
+        final = queue.complete(job_id, outcome.result)
+        if final.state == JobState.CANCELLED:  # cancelled as its last step finished: drop the media
+            Path(outcome.result["path"]).unlink(missing_ok=True)
+            hub.publish(job_id, "cancelled")
+        else:
+            hub.publish(job_id, "finished", result=outcome.result)
+    elif outcome.state == JobState.CANCELLED:
+        queue.mark_cancelled(job_id)
+        hub.publish(job_id, "cancelled")
+    else:
+        queue.fail(job_id, outcome.reason)
+        hub.publish(job_id, "failed", reason=outcome.reason)
+
+
+class Worker:
+    """Claims jobs from the queue one at a time and runs them on a ``JobRunner``."""
+
+    def __init__(self, queue: JobQueue, hub: EventHub | None = None, *, device: str | None = None,
+                 name: str | None = None, previews: bool = True) -> None:
+        self.queue = queue
+        self.hub = hub or EventHub()
+        self.runner = JobRunner(device, previews=previews)
+        self.device = device
+        self.name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
+        self.current: str | None = None
+
+    @property
+    def loaded_models(self) -> list[str]:
+        return self.runner.loaded_models
 
     def run_forever(self, stop: threading.Event, poll: float = 0.2) -> None:
         while not stop.is_set():
@@ -106,7 +183,6 @@ class Worker:
     def _run(self, job: Job) -> None:
         self.hub.publish(job.id, "started", attempt=job.attempts, worker=self.name)
         token = CancelToken()
-        output: Path | None = None
 
         def progress(step: StepProgress) -> None:
             if self.queue.is_cancel_requested(job.id):
@@ -118,48 +194,7 @@ class Worker:
                 data["preview"] = _png_base64(step.preview)
             self.hub.publish(job.id, "step", **data)
 
-        try:
-            spec = JobSpec.from_json(job.spec)
-            request = request_for(job.id, spec)
-            output = request.out
-            started = time.perf_counter()
-            engine = self.engine_for(spec)
-            load = time.perf_counter() - started
-            request = GenerateRequest(**{**request.__dict__, "preview": self.previews})
-            result = engine.generate(request, progress=progress, cancel=token).to_json()
-            result["timings"]["load"] = load
-            final = self.queue.complete(job.id, result)
-            if final.state == JobState.CANCELLED:  # cancelled as the last step finished
-                Path(result["path"]).unlink(missing_ok=True)
-                self.hub.publish(job.id, "cancelled")
-            else:
-                self.hub.publish(job.id, "finished", result=result)
-        except JobCancelled:
-            self.queue.mark_cancelled(job.id)
-            self.hub.publish(job.id, "cancelled")
-        except Magic141Error as exc:
-            self._fail(job, str(exc))
-        except Exception as exc:  # the worker must outlive any one job
-            if _is_out_of_memory(exc):
-                self._release_device_memory()
-                self._fail(job, f"out of memory on the device: {exc}".split("\n")[0] +
-                           "; try quant fp8, a smaller size or fewer seconds")
-            else:
-                log.exception("job %s failed", job.id)
-                self._fail(job, f"internal error: {type(exc).__name__}: {exc}")
-        if output is not None and self.queue.get(job.id).state != JobState.DONE:
-            output.unlink(missing_ok=True)  # the writer is atomic; this only guards a late cancel
-
-    def _fail(self, job: Job, reason: str) -> None:
-        self.queue.fail(job.id, reason)
-        self.hub.publish(job.id, "failed", reason=reason)
-
-    def _release_device_memory(self) -> None:
-        import torch
-
-        self._engine, self._engine_key = None, None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        record(self.queue, self.hub, job.id, self.runner.execute(job.id, job.spec, progress, token))
 
 
 def _png_base64(rgb) -> str:

@@ -48,6 +48,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     watch.set_defaults(handler=run_watch)
     run = actions.add_parser("run", help="run queued jobs in this process until none is left, then exit")
     run.add_argument("--device")
+    run.add_argument("--ray", metavar="auto|ADDRESS", help="spread jobs over Ray actors, one GPU each")
+    run.add_argument("--actors", type=int, help="with --ray: how many actors (default: one per GPU)")
     run.set_defaults(handler=run_drain)
 
 
@@ -183,8 +185,13 @@ def run_drain(args) -> int:
 
     root = home_dir.home(args.home)
     with JobQueue(root / "queue.db") as queue:
-        worker = Worker(queue, device=args.device, previews=False)
-        ran = worker.drain()
+        queue.recover()  # jobs a dead engine left RUNNING
+        if args.ray:
+            from magic141.engine.ray_dispatch import RayDispatcher
+
+            ran = RayDispatcher(queue, address=args.ray, actors=args.actors).drain()
+        else:
+            ran = Worker(queue, device=args.device, previews=False).drain()
         counts = queue.counts()
     print(f"ran {ran} jobs; {counts['DONE']} done, {counts['FAILED']} failed, {counts['CANCELLED']} cancelled in all")
     return 0
