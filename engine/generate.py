@@ -297,6 +297,8 @@ class Engine:
         n_out = media.frame_count(request.seconds, request.fps)
         out = Path(request.out)
         media.check_output_path(out, request.codec)
+        if request.image is not None and out.resolve() == Path(request.image).resolve():
+            raise InvalidInput(f"--out {out} is the source itself; source media is never written")
         clock = time.perf_counter()
         image = self.first_frame(request)
         timings["first_frame"] = time.perf_counter() - clock

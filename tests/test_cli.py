@@ -102,6 +102,16 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, args, message)
     assert list(out.parent.iterdir()) == []
 
 
+def test_source_media_is_never_overwritten(tmp_path):
+    plate = tmp_path / "plate.mp4"
+    assert run("generate", "--image", str(SAMPLE_IMAGE), "--prompt", "x", "--seconds", "0.5",
+               "--out", str(plate)).returncode == 0
+    before = plate.read_bytes()
+    done = run("generate", "--image", str(plate), "--prompt", "x", "--seconds", "0.5", "--out", str(plate))
+    assert done.returncode == 2 and "source" in done.stderr.splitlines()[-1]
+    assert plate.read_bytes() == before
+
+
 def test_interrupted_run_leaves_no_partial_file(tmp_path):
     """A run killed while writing leaves neither the output nor a temporary file in place."""
     out = tmp_path / "killed.mp4"
