@@ -40,6 +40,10 @@ class EventHub:
         for index in reversed(steps[:-KEEP_STEPS]):
             del self._events[index]
 
+    def has_ended(self, job_id: str) -> bool:
+        with self._changed:
+            return any(e["job"] == job_id and e["type"] in TERMINAL for e in self._events)
+
     def follow(self, job_id: str | None = None, after: int = 0, timeout: float = 15.0):
         """Yield events (of one job, or all) with seq > after; a ``None`` every ``timeout`` seconds
         without news (so a stream can send keep-alives and notice a closed client)."""

@@ -112,7 +112,10 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
 
     def _set_paused(paused: bool):
         async def endpoint(request: Request) -> Response:
-            queue.pause() if paused else queue.resume()
+            if paused:
+                queue.pause()
+            else:
+                queue.resume()
             return JSONResponse({"paused": queue.paused})
 
         return endpoint
@@ -133,7 +136,7 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
 
         def stream():
             # A job that ended before this service saw it (e.g. before a restart) still gets its end.
-            if job is not None and job.state.value in ("DONE", "FAILED", "CANCELLED") and not _seen_end(hub, job_id):
+            if job is not None and job.state.value in ("DONE", "FAILED", "CANCELLED") and not hub.has_ended(job_id):
                 kind = {"DONE": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}[job.state.value]
                 yield _sse({"version": 1, "seq": 0, "job": job_id, "type": kind, "result": job.result,
                             "reason": job.error})
@@ -173,10 +176,6 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
         await app(scope, receive, send)
 
     return guard
-
-
-def _seen_end(hub: EventHub, job_id: str) -> bool:
-    return any(e["job"] == job_id and e["type"] in TERMINAL for e in list(hub._events))
 
 
 def _sse(event: dict) -> str:
