@@ -33,6 +33,7 @@ def _quiet_third_party() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from magic141.engine import cli as engine_cli
+    from magic141.plugin import cli as plugin_cli
     from magic141.plugin import queue_cli
 
     parser = argparse.ArgumentParser(prog="magic141", description="Extend video clips with Magic 1-For-1.")
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine_cli.register(commands)
     queue_cli.register(commands)
+    plugin_cli.register(commands)
     return parser
 
 

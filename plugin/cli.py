@@ -1,0 +1,53 @@
+"""``magic141 extend``: the panel's whole flow from the command line, without the GUI."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from magic141.engine.cli import _positive, _seconds, _seed
+
+    extend = commands.add_parser("extend", help="extend a clip of a timeline and write the result back into it")
+    extend.add_argument("timeline", help=".otio, .otioz, .otiod or any timeline OTIO's adapters read")
+    extend.add_argument("--clip", required=True, help="clip name, or its 0-based index among video clips")
+    extend.add_argument("--at", type=int, metavar="FRAME_IN_CLIP", help="frame to continue from (default: last)")
+    extend.add_argument("--prompt", required=True)
+    extend.add_argument("--seconds", type=_seconds, required=True)
+    extend.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
+    extend.add_argument("--model", default="tiny")
+    extend.add_argument("--quant", choices=("none", "int8", "fp8"), default="none")
+    extend.add_argument("--steps", type=_positive("--steps"))
+    extend.add_argument("--seed", type=_seed, default=0)
+    extend.add_argument("--device")
+    extend.add_argument("--out", help="where to save the edited timeline (default: in place, with a backup)")
+    extend.set_defaults(handler=run_extend)
+
+
+def run_extend(args) -> int:
+    from magic141.engine.cli import _ProgressBar
+    from magic141.engine.errors import JobCancelled, Magic141Error
+    from magic141.engine.queue import JobState
+    from magic141.engine.worker import JobRunner
+
+    from .extend import extend_clip
+
+    runner = JobRunner(args.device, previews=False)
+
+    def run_job(job_id: str, spec: dict) -> dict:
+        bar = _ProgressBar()
+        try:
+            outcome = runner.execute(job_id, spec, progress=bar)
+        finally:
+            bar.close()
+        if outcome.state == JobState.CANCELLED:
+            raise JobCancelled("the job was cancelled; the timeline is unchanged")
+        if outcome.state != JobState.DONE:
+            raise Magic141Error(outcome.reason)
+        return outcome.result
+
+    result = extend_clip(args.timeline, args.clip, prompt=args.prompt, seconds=args.seconds, run_job=run_job,
+                         at=args.at, mode=args.mode, out=args.out, seed=args.seed, model=args.model,
+                         quant=args.quant, steps=args.steps)
+    print(result.describe())
+    return 0

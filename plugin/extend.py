@@ -1,0 +1,103 @@
+"""Extend a clip of a timeline: pick clip + frame -> job spec -> engine -> media -> timeline edit.
+
+The flow never imports torch itself: the job runs through ``run_job(job_id, spec) -> result``,
+which is the engine service's client for the panel and an in-process ``JobRunner`` for the
+``magic141 extend`` command. Either way the job crosses the same versioned JSON spec.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import opentimelineio as otio
+
+from . import timeline as tl
+
+MODES = ("insert", "overwrite", "newtrack")
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    timeline: Path  # where the edited timeline was saved
+    media: Path  # the generated clip's media
+    clip_name: str
+    track_name: str
+    start: otio.opentime.RationalTime  # where the new clip starts on its track
+    timeline_start: otio.opentime.RationalTime  # the timeline's global start (for timecode)
+    duration: otio.opentime.RationalTime
+    job_id: str
+
+    def describe(self) -> str:
+        rate = self.start.rate
+        timecode = otio.opentime.to_timecode(self.timeline_start + self.start, rate)
+        return (f"{self.clip_name!r} landed on track {self.track_name} at {timecode} (frame "
+                f"{self.start.to_frames()}), {self.duration.to_frames()} frames; timeline saved to "
+                f"{self.timeline}; media {self.media}")
+
+
+def _file_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:60] or "clip"
+
+
+def job_spec(ref: tl.ClipRef, frame: int, *, prompt: str, seconds: Fraction, rate: Fraction, media_dir: Path,
+             job_id: str, seed: int = 0, model: str = "tiny", quant: str = "none", steps: int | None = None) -> dict:
+    """The engine job that continues ``ref`` from ``frame``, at the timeline's rate."""
+    if ref.media_path is None or ref.offline:
+        raise tl.TimelineError(f"clip {ref.name!r} is offline: its media {ref.media_path or '(none)'} is missing")
+    time = tl.media_seconds(ref, frame)
+    return {
+        "version": 1,
+        "source": {"kind": "media", "path": str(ref.media_path.resolve()),
+                   "time": f"{time.numerator}/{time.denominator}"},
+        "prompt": prompt, "seconds": f"{seconds.numerator}/{seconds.denominator}",
+        "fps": f"{rate.numerator}/{rate.denominator}", "seed": seed, "model": model, "quant": quant,
+        "steps": steps, "output_dir": str(media_dir.resolve()),
+        "output_name": f"{_file_name(ref.name)}_ext_{job_id}.mp4",
+    }
+
+
+def extend_clip(
+    timeline: str | Path,
+    clip: str,
+    *,
+    prompt: str,
+    seconds: Fraction,
+    run_job: Callable[[str, dict], dict],
+    at: int | None = None,
+    mode: str = "insert",
+    out: str | Path | None = None,
+    seed: int = 0,
+    model: str = "tiny",
+    quant: str = "none",
+    steps: int | None = None,
+) -> ExtendResult:
+    """Everything after the editor's choices: check them, run the job, edit and save the timeline."""
+    if mode not in MODES:
+        raise tl.TimelineError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    doc = tl.open_timeline(timeline)
+    ref = tl.find_clip(doc, clip)
+    frame = tl.last_frame(ref) if at is None else at
+    out = Path(out) if out is not None else Path(timeline)
+    job_id = uuid.uuid4().hex[:12]
+    spec = job_spec(ref, frame, prompt=prompt, seconds=seconds, rate=doc.rate,
+                    media_dir=out.parent / f"{out.stem}_magic141", job_id=job_id, seed=seed, model=model,
+                    quant=quant, steps=steps)
+    result = run_job(job_id, spec)
+    metadata = {
+        "job_id": job_id, "prompt": prompt, "seed": seed, "model": model, "quant": quant,
+        "steps": result["settings"]["steps"], "source_clip": ref.name, "source_frame": frame,
+        "source_time": spec["source"]["time"], "seconds": spec["seconds"],
+    }
+    new_clip = tl.add_generated_clip(doc, ref, Path(result["path"]), result["frames"], doc.rate, metadata, mode)
+    saved = tl.save_timeline(doc, out)
+    placed = new_clip.range_in_parent()
+    rate_f = float(doc.rate)
+    return ExtendResult(timeline=saved, media=Path(result["path"]), clip_name=new_clip.name,
+                        track_name=new_clip.parent().name, start=placed.start_time,
+                        timeline_start=doc.timeline.global_start_time or otio.opentime.RationalTime(0, rate_f),
+                        duration=placed.duration, job_id=job_id)
