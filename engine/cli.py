@@ -11,7 +11,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-QUANT_CHOICES = ("none", "int8", "fp8")
+from .jobspec import QUANTS as QUANT_CHOICES  # torch-free: keeps `magic141 --help` instant
 
 
 def _seconds(text: str) -> Fraction:

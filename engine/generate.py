@@ -27,8 +27,6 @@ from .pipeline_output import CancelToken, StepProgress
 from .quant import weight_bytes
 from .window import WindowPlan, chain_windows, plan_windows
 
-CODECS = ("h264", "prores")
-
 
 @dataclass(frozen=True)
 class GenerateRequest:
@@ -243,8 +241,8 @@ class Engine:
             raise InvalidInput("--prompt is empty; describe what should happen in the clip")
         if request.seconds <= 0:
             raise InvalidInput(f"--seconds must be positive, got {request.seconds}")
-        if request.codec not in CODECS:
-            raise InvalidInput(f"--codec must be one of {', '.join(CODECS)}, got {request.codec!r}")
+        if request.codec not in media.CODECS:
+            raise InvalidInput(f"--codec must be one of {', '.join(media.CODECS)}, got {request.codec!r}")
         conditioning = request.conditioning or info.conditioning
         if conditioning not in CONDITIONINGS:
             raise InvalidInput(f"--conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")

@@ -25,11 +25,12 @@ from fractions import Fraction
 from pathlib import PurePath
 
 from .errors import InvalidInput
+from .media import CODECS
 
 SPEC_VERSION = 1
 SOURCE_KINDS = ("image", "media", "none")
 QUANTS = ("none", "int8", "fp8")
-CODEC_SUFFIX = {"h264": ".mp4", "prores": ".mov"}
+CODEC_SUFFIX = {codec: suffix for codec, (_, _, suffix, _) in CODECS.items()}
 MAX_SECONDS = 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,120}$")
 

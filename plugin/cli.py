@@ -6,7 +6,7 @@ import argparse
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from magic141.engine.cli import _positive, _seconds, _seed
+    from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed
 
     extend = commands.add_parser("extend", help="extend a clip of a timeline and write the result back into it")
     extend.add_argument("timeline", help=".otio, .otioz, .otiod or any timeline OTIO's adapters read")
@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     extend.add_argument("--seconds", type=_seconds, required=True)
     extend.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
     extend.add_argument("--model", default="tiny")
-    extend.add_argument("--quant", choices=("none", "int8", "fp8"), default="none")
+    extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     extend.add_argument("--steps", type=_positive("--steps"))
     extend.add_argument("--seed", type=_seed, default=0)
     extend.add_argument("--device")

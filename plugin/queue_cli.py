@@ -15,7 +15,7 @@ EXIT_JOB_FAILED = 1
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from magic141.engine.cli import add_job_options
+    from magic141.engine.cli import QUANT_CHOICES, add_job_options
 
     queue = commands.add_parser("queue", help="the persistent render queue")
     queue.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--id", help="job id (submitting the same id and spec again is a no-op)")
     add.add_argument("--priority", type=int, default=0)
     add.add_argument("--model", default="tiny")
-    add.add_argument("--quant", choices=("none", "int8", "fp8"), default="none")
+    add.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     add.add_argument("--media", type=Path, help="a video to start from, with --at")
     add.add_argument("--at", help="time in --media, in seconds (exact: 1001/24 or 2.5)")
     add_job_options(add, out_required=False)

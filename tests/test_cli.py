@@ -188,3 +188,11 @@ def test_queue_run_drains_without_a_service(tmp_path):
     done = run("queue", "run", env={"MAGIC141_HOME": str(home)})
     assert done.returncode == 0 and "ran 2 jobs; 2 done" in done.stdout
     assert len(list(tmp_path.glob("magic141_*.mp4"))) == 2
+
+
+def test_the_panel_side_never_imports_torch():
+    modules = ["magic141.plugin.client", "magic141.plugin.queue_cli", "magic141.engine.jobspec",
+               "magic141.engine.queue", "magic141.engine.events", "magic141.engine.media", "magic141.cli"]
+    probe = f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
