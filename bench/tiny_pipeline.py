@@ -16,7 +16,11 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from magic141.engine.generate import Engine, GenerateRequest
+from magic141.cli import _quiet_third_party
+
+_quiet_third_party()  # before the engine imports diffusers/transformers
+
+from magic141.engine.generate import Engine, GenerateRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("encode", "condition", "denoise", "decode", "write", "total")
