@@ -8,13 +8,15 @@ import argparse
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed
 
+    from .timeline import MODES
+
     extend = commands.add_parser("extend", help="extend a clip of a timeline and write the result back into it")
     extend.add_argument("timeline", help=".otio, .otioz, .otiod or any timeline OTIO's adapters read")
     extend.add_argument("--clip", required=True, help="clip name, or its 0-based index among video clips")
     extend.add_argument("--at", type=int, metavar="FRAME_IN_CLIP", help="frame to continue from (default: last)")
     extend.add_argument("--prompt", required=True)
     extend.add_argument("--seconds", type=_seconds, required=True)
-    extend.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
+    extend.add_argument("--mode", choices=MODES, default="insert")
     extend.add_argument("--model", default="tiny")
     extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     extend.add_argument("--steps", type=_positive("--steps"))

@@ -18,9 +18,6 @@ import opentimelineio as otio
 
 from . import timeline as tl
 
-MODES = ("insert", "overwrite", "newtrack")
-
-
 @dataclass(frozen=True)
 class ExtendResult:
     timeline: Path  # where the edited timeline was saved
@@ -77,12 +74,13 @@ def extend_clip(
     steps: int | None = None,
 ) -> ExtendResult:
     """Everything after the editor's choices: check them, run the job, edit and save the timeline."""
-    if mode not in MODES:
-        raise tl.TimelineError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in tl.MODES:
+        raise tl.TimelineError(f"--mode must be one of {', '.join(tl.MODES)}, got {mode!r}")
     doc = tl.open_timeline(timeline)
     ref = tl.find_clip(doc, clip)
     frame = tl.last_frame(ref) if at is None else at
     out = Path(out) if out is not None else Path(timeline)
+    tl.check_writable(out)
     job_id = uuid.uuid4().hex[:12]
     spec = job_spec(ref, frame, prompt=prompt, seconds=seconds, rate=doc.rate,
                     media_dir=out.parent / f"{out.stem}_magic141", job_id=job_id, seed=seed, model=model,

@@ -1,0 +1,407 @@
+"""Timelines through OpenTimelineIO: open, find clips and their media, map time exactly, edit, save.
+
+Never imports torch. Time stays rational: OTIO stores a rate as a float, so every rate read from a
+timeline goes through ``rational_rate`` (23.976023976... -> 24000/1001) and every duration becomes
+a ``Fraction`` of seconds before any arithmetic.
+
+Traps avoided:
+- A relative ``target_url`` is relative to the timeline file, not the working directory; and it
+  must be re-based when the timeline is saved into another folder.
+- ``file://`` URLs are percent-encoded (spaces, non-ASCII names): decode them with
+  ``url2pathname``, never by stripping the scheme.
+- ``.otioz`` media lives inside the zip: it is extracted to a private folder so PyAV can read it,
+  and saving as ``.otioz`` bundles every file again, the generated ones included.
+- OTIO's editing algorithms (insert, overwrite) are not bound in Python: the edits are written here
+  on the track's children list, which ripples later items by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+import opentimelineio as otio
+
+from magic141.engine.errors import Magic141Error
+
+RationalTime = otio.opentime.RationalTime
+TimeRange = otio.opentime.TimeRange
+
+NAMESPACE = "magic141"  # clip.metadata[NAMESPACE] holds how a generated clip was made
+MARKER_NAME = "magic141 generated"
+MODES = ("insert", "overwrite", "newtrack")
+# Rates whose float form must map back to an exact NTSC fraction.
+_NTSC = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
+
+
+class TimelineError(Magic141Error):
+    """The timeline cannot be read, has no such clip or frame, or cannot be edited or saved."""
+
+
+def rational_rate(rate: float) -> Fraction:
+    """OTIO's float rate as the exact rate it stands for: 23.976023976023978 -> 24000/1001."""
+    if not rate or rate <= 0:
+        raise TimelineError(f"frame rate must be positive, got {rate!r}")
+    for exact in _NTSC:
+        if abs(float(exact) - rate) < 1e-6:
+            return exact
+    return Fraction(rate).limit_denominator(1001)
+
+
+def _seconds(time: RationalTime) -> Fraction:
+    return Fraction(time.value) / rational_rate(time.rate)
+
+
+def _frames(seconds: Fraction, rate: Fraction) -> int:
+    """A whole number of frames; timelines place clips on frame boundaries, so round to nearest."""
+    return round(seconds * rate)
+
+
+@dataclass
+class TimelineDoc:
+    path: Path  # the file (or .otiod folder) it was opened from
+    timeline: otio.schema.Timeline
+    rate: Fraction  # the timeline's frame rate, exact
+    adapter: str  # the OTIO adapter that read it
+    media_root: Path  # relative media URLs resolve against this folder
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    clip: otio.schema.Clip
+    track: otio.schema.Track
+    index: int  # among the timeline's video clips
+    name: str
+    media_path: Path | None
+    offline: bool
+    reason: str  # why the clip is offline; "" when online
+
+
+# Opening -------------------------------------------------------------------------------------
+
+
+def _adapter_for(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    try:
+        return otio.adapters.from_filepath(str(path)).name
+    except Exception as exc:  # OTIO raises its own NoKnownAdapterForExtensionError
+        known = sorted({s for a in otio.plugins.ActiveManifest().adapters for s in a.suffixes})
+        raise TimelineError(f"cannot open .{suffix} timelines: OTIO knows {', '.join('.' + s for s in known)} "
+                            "(install OpenTimelineIO-Plugins for EDL, FCP XML, AAF, ...)") from exc
+
+
+def open_timeline(path: str | os.PathLike) -> TimelineDoc:
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise TimelineError(f"timeline {path} does not exist")
+    adapter = _adapter_for(path)
+    media_root = path.parent
+    try:
+        if adapter == "otioz":
+            media_root = Path(tempfile.mkdtemp(prefix="magic141-otioz-"))
+            result = otio.adapters.read_from_file(str(path), extract_to_directory=str(media_root))
+        else:
+            if adapter == "otiod":
+                media_root = path
+            result = otio.adapters.read_from_file(str(path), adapter_name=adapter)
+    except Exception as exc:  # adapters raise anything from JSON to zip errors
+        raise TimelineError(f"timeline {path} cannot be read: {exc}") from exc
+    if isinstance(result, otio.schema.SerializableCollection):  # e.g. AAF with several sequences
+        timelines = list(result.find_children(descended_from_type=otio.schema.Timeline, shallow_search=True))
+        result = timelines[0] if timelines else None
+    if not isinstance(result, otio.schema.Timeline):
+        raise TimelineError(f"{path} holds no timeline")
+    return TimelineDoc(path, result, _timeline_rate(result), adapter, media_root)
+
+
+def _timeline_rate(timeline: otio.schema.Timeline) -> Fraction:
+    if timeline.global_start_time is not None:
+        return rational_rate(timeline.global_start_time.rate)
+    for clip in timeline.find_clips():
+        return rational_rate(clip.trimmed_range().duration.rate)
+    return Fraction(24)
+
+
+def _media_path(doc: TimelineDoc, clip: otio.schema.Clip) -> tuple[Path | None, str]:
+    reference = clip.media_reference
+    if not isinstance(reference, otio.schema.ExternalReference) or not reference.target_url:
+        return None, "it has no media reference"
+    url = reference.target_url
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = Path(url2pathname(unquote(parts.path) if parts.netloc in ("", "localhost") else url[5:]))
+    elif parts.scheme and len(parts.scheme) > 1:  # "C:" is a drive, not a scheme
+        return None, f"its media {url} is not a local file"
+    else:
+        path = Path(unquote(url)) if "%" in url else Path(url)
+        if not path.is_absolute():
+            path = doc.media_root / path
+    if not path.is_file():
+        return path, f"its media {path} is missing"
+    return path, ""
+
+
+def video_clips(doc: TimelineDoc) -> list[ClipRef]:
+    refs = []
+    for track in doc.timeline.video_tracks():
+        for clip in track.find_clips(shallow_search=True):
+            path, reason = _media_path(doc, clip)
+            refs.append(ClipRef(clip, track, len(refs), clip.name or f"clip {len(refs)}", path, bool(reason),
+                                reason))
+    return refs
+
+
+def find_clip(doc: TimelineDoc, name_or_index: str | int) -> ClipRef:
+    refs = video_clips(doc)
+    if not refs:
+        raise TimelineError(f"{doc.path.name} has no video clips")
+    named = [ref for ref in refs if ref.name == name_or_index]
+    if len(named) > 1:
+        raise TimelineError(f"{len(named)} clips are named {name_or_index!r}: give the clip's index instead")
+    if named:
+        return named[0]
+    if isinstance(name_or_index, int) or str(name_or_index).isdigit():
+        index = int(name_or_index)
+        if index < len(refs):
+            return refs[index]
+    listing = ", ".join(f"{ref.index}: {ref.name!r}" for ref in refs)
+    raise TimelineError(f"no clip {name_or_index!r} in {doc.path.name}; its video clips are {listing}")
+
+
+# Time -----------------------------------------------------------------------------------------
+
+
+def clip_frames(ref: ClipRef, rate: Fraction | None = None) -> int:
+    """The clip's duration in frames of ``rate`` (default: its own source rate)."""
+    duration = ref.clip.trimmed_range().duration
+    return _frames(_seconds(duration), rate or rational_rate(duration.rate))
+
+
+def last_frame(ref: ClipRef) -> int:
+    return clip_frames(ref) - 1
+
+
+def media_seconds(ref: ClipRef, frame: int) -> Fraction:
+    """Seconds from the media file's first frame to the clip's ``frame`` (counted from the clip's
+    first frame at its source rate): ``source_range`` start + frame - ``available_range`` start."""
+    frames = clip_frames(ref)
+    if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < frames:
+        raise TimelineError(f"frame {frame} is outside clip {ref.name!r}, which has frames 0 to {frames - 1}")
+    source = ref.clip.trimmed_range().start_time
+    rate = rational_rate(source.rate)
+    available = ref.clip.media_reference.available_range
+    media_start = _seconds(available.start_time) if available is not None else Fraction(0)
+    seconds = _seconds(source) + Fraction(frame) / rate - media_start
+    if seconds < 0 or (available is not None and seconds >= _seconds(available.duration)):
+        raise TimelineError(f"clip {ref.name!r} frame {frame} lies outside its media's available range")
+    return seconds
+
+
+def grab_frame(ref: ClipRef, frame: int):
+    """The picture at ``frame`` of the clip, decoded frame-accurately from its media (a PIL image)."""
+    from magic141.engine import media  # PyAV and numpy only, no torch
+
+    if ref.offline:
+        raise TimelineError(f"clip {ref.name!r} is offline: {ref.reason}")
+    try:
+        return media.grab_frame(ref.media_path, media_seconds(ref, frame))
+    except Magic141Error as exc:
+        raise TimelineError(f"clip {ref.name!r}: {exc}") from exc
+
+
+# Editing --------------------------------------------------------------------------------------
+
+
+def _range_at(rate: Fraction, start: int, frames: int) -> TimeRange:
+    return TimeRange(RationalTime(start, float(rate)), RationalTime(frames, float(rate)))
+
+
+def generated_clip(name: str, media_path: Path, frames: int, rate: Fraction, metadata: dict) -> otio.schema.Clip:
+    """A clip whose range is exactly its media: ``frames`` frames at ``rate`` from 0."""
+    whole = _range_at(rate, 0, frames)
+    clip = otio.schema.Clip(
+        name=name,
+        media_reference=otio.schema.ExternalReference(target_url=Path(media_path).resolve().as_uri(),
+                                                      available_range=whole),
+        source_range=whole,
+        metadata={NAMESPACE: {"version": 1, **copy.deepcopy(metadata)}},
+    )
+    clip.markers.append(otio.schema.Marker(name=MARKER_NAME, marked_range=_range_at(rate, 0, frames),
+                                           color=otio.schema.MarkerColor.PURPLE,
+                                           metadata={NAMESPACE: {"job_id": metadata.get("job_id")}}))
+    return clip
+
+
+def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames: int, rate: Fraction,
+                       metadata: dict, mode: str = "insert") -> otio.schema.Clip:
+    """Place the generated media after ``ref``: inserted on its track (later items ripple by its
+    duration), overwriting what follows on its track, or on a new track above. Returns the new clip."""
+    if mode not in MODES:
+        raise TimelineError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if frames < 1:
+        raise TimelineError(f"the generated media has {frames} frames")
+    track = ref.track
+    try:
+        index = track.index(ref.clip)
+    except ValueError as exc:
+        raise TimelineError(f"clip {ref.name!r} is no longer on track {track.name!r}") from exc
+    clip = generated_clip(f"{ref.name} ext", media_path, frames, rate, metadata)
+    end = _frames(_seconds(track.range_of_child_at_index(index).end_time_exclusive()), rate)
+    if mode == "insert":
+        following = track[index + 1] if index + 1 < len(track) else None
+        if isinstance(following, otio.schema.Transition):
+            raise TimelineError(f"clip {ref.name!r} is followed by a transition: use overwrite or newtrack mode")
+        track.insert(index + 1, clip)
+    elif mode == "overwrite":
+        _overwrite(track, end, clip, frames, rate)
+    else:
+        stack = doc.timeline.tracks
+        new_track = otio.schema.Track(name=f"{NAMESPACE} {sum(1 for t in stack if t.name.startswith(NAMESPACE)) + 1}",
+                                      kind=otio.schema.TrackKind.Video)
+        if end:
+            new_track.append(otio.schema.Gap(source_range=_range_at(rate, 0, end)))
+        new_track.append(clip)
+        stack.insert(stack.index(track) + 1, new_track)
+    return clip
+
+
+def _overwrite(track: otio.schema.Track, start: int, clip: otio.schema.Clip, frames: int, rate: Fraction) -> None:
+    """Replace frames [start, start + frames) of ``track`` by ``clip``: items there are trimmed,
+    split or removed; a track that ends earlier is extended with a gap."""
+    stop = start + frames
+    kept: list = []
+    position = 0
+    placed = False
+    for item in list(track):
+        if isinstance(item, otio.schema.Transition):
+            if start <= position <= stop:
+                raise TimelineError("a transition touches the range to overwrite: use insert or newtrack mode")
+            kept.append(item)
+            continue
+        first = position
+        position += _frames(_seconds(item.trimmed_range().duration), rate)
+        if position <= start:
+            kept.append(item)
+            continue
+        if first < start:  # its head survives
+            kept.append(_trimmed(item, 0, start - first, rate))
+        if not placed and first < stop:
+            kept.append(clip)
+            placed = True
+        if position > stop:  # its tail (or all of it) survives
+            kept.append(item if first >= stop else _trimmed(item, stop - first, position - stop, rate))
+    if not placed:
+        if position < start:
+            kept.append(otio.schema.Gap(source_range=_range_at(rate, 0, start - position)))
+        kept.append(clip)
+    track.clear()  # detach every child, so the kept ones can be re-parented
+    track.extend(kept)
+
+
+def _trimmed(item, offset: int, length: int, rate: Fraction):
+    piece = item.clone()
+    source = item.trimmed_range()
+    item_rate = source.start_time.rate
+    start = source.start_time + RationalTime(float(Fraction(offset) / rate * rational_rate(item_rate)), item_rate)
+    piece.source_range = TimeRange(start, RationalTime(float(Fraction(length) / rate * rational_rate(item_rate)),
+                                                       item_rate))
+    return piece
+
+
+# Saving ---------------------------------------------------------------------------------------
+
+
+def _writer_for(path: Path) -> str:
+    adapter = otio.adapters.from_filepath(str(path))
+    if not adapter.has_feature("write"):
+        raise TimelineError(f"OTIO's {adapter.name} adapter cannot write {path.suffix} files")
+    return adapter.name
+
+
+def _rebased(doc: TimelineDoc, target_dir: Path, absolute: bool) -> otio.schema.Timeline:
+    """A copy whose relative media URLs resolve from ``target_dir`` (absolute file URLs if asked)."""
+    timeline = doc.timeline.clone()
+    for clip in timeline.find_clips():
+        reference = clip.media_reference
+        if not isinstance(reference, otio.schema.ExternalReference) or not reference.target_url:
+            continue
+        parts = urlsplit(reference.target_url)
+        if parts.scheme and len(parts.scheme) > 1 and parts.scheme != "file":
+            continue
+        path, _ = _media_path(doc, clip)
+        if path is None:
+            continue
+        if absolute:
+            reference.target_url = path.resolve().as_uri()
+        elif not parts.scheme and not Path(reference.target_url).is_absolute():
+            reference.target_url = Path(os.path.relpath(path, target_dir)).as_posix()
+    return timeline
+
+
+def save_timeline(doc: TimelineDoc, out: str | os.PathLike | None = None) -> Path:
+    """Write atomically; the previous file is kept as ``NAME.bak``. Saved in the format of ``out``'s
+    suffix (default: the file it came from); a format OTIO cannot write is saved as ``.otio`` beside it."""
+    target = Path(out).expanduser().resolve() if out is not None else doc.path
+    try:
+        adapter = _writer_for(target)
+    except Exception:  # no adapter for the suffix, or a read-only adapter
+        target = target.with_suffix(".otio")
+        adapter = "otio_json"
+    bundled = adapter in ("otioz", "otiod")
+    timeline = _rebased(doc, target.parent, absolute=bundled)
+    staging = _staging_dir(target)
+    try:
+        written = staging / target.name
+        try:
+            if bundled:
+                otio.adapters.write_to_file(timeline, str(written), adapter_name=adapter,
+                                            media_policy="ErrorIfNotFile")
+            else:
+                otio.adapters.write_to_file(timeline, str(written), adapter_name=adapter)
+        except Exception as exc:
+            raise TimelineError(f"cannot write {target.name}: {exc}") from exc
+        _replace(written, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _staging_dir(target: Path) -> Path:
+    if not target.parent.is_dir():
+        raise TimelineError(f"cannot save {target}: folder {target.parent} does not exist")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise TimelineError(f"cannot save {target}: {exc.strerror or exc} (read-only storage? save elsewhere "
+                            "with --out)") from exc
+
+
+def check_writable(target: str | os.PathLike) -> None:
+    """Fail now, before minutes of generation, if ``target`` (a timeline to save) cannot be written."""
+    shutil.rmtree(_staging_dir(Path(target).expanduser().resolve()))
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Move ``new`` over ``target``, keeping the old one as ``target.bak`` (a folder for .otiod)."""
+    backup = target.with_name(target.name + ".bak")
+    try:
+        if target.exists():
+            if backup.is_dir():
+                shutil.rmtree(backup)
+            if target.is_dir():
+                os.replace(target, backup)  # folders cannot be replaced in one step
+            else:
+                shutil.copy2(target, backup)
+        if new.is_file():
+            with open(new, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(new, target)
+    except OSError as exc:
+        raise TimelineError(f"cannot save {target}: {exc.strerror or exc}") from exc
