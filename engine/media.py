@@ -299,7 +299,7 @@ def grab_frame(path, seconds: Fraction) -> PIL.Image.Image:
         if chosen is None:
             raise InvalidInput(f"video {path} has no frame at {seconds} s")
         last = chosen.pts + (chosen.duration or Fraction(1) / (Fraction(stream.average_rate or 24) * time_base))
-        if chosen.pts > target or target >= last + 1:
+        if chosen.pts > target or target >= last:  # past the end of the last frame
             raise InvalidInput(f"time {float(seconds):.3f} s is outside {path}")
         matrix = int(chosen.colorspace) if int(chosen.colorspace) in (1, 5, 6) else (1 if chosen.height >= 720 else 5)
         full = int(chosen.color_range) == 2  # AVCOL_RANGE_JPEG
