@@ -16,6 +16,8 @@ from pathlib import Path
 
 import opentimelineio as otio
 
+from magic141.engine.jobspec import CODEC_SUFFIX, rational_text
+
 from . import timeline as tl
 
 @dataclass(frozen=True)
@@ -41,20 +43,33 @@ def _file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:60] or "clip"
 
 
-def job_spec(ref: tl.ClipRef, frame: int, *, prompt: str, seconds: Fraction, rate: Fraction, media_dir: Path,
-             job_id: str, seed: int = 0, model: str = "tiny", quant: str = "none", steps: int | None = None) -> dict:
-    """The engine job that continues ``ref`` from ``frame``, at the timeline's rate."""
-    if ref.media_path is None or ref.offline:
-        raise tl.TimelineError(f"clip {ref.name!r} is offline: its media {ref.media_path or '(none)'} is missing")
-    time = tl.media_seconds(ref, frame)
+def media_dir_for(timeline: Path) -> Path:
+    """Where generated media for a timeline goes: ``NAME_magic141/`` beside it."""
+    return timeline.parent / f"{timeline.stem}_magic141"
+
+
+def _model_field(model: str) -> str:
+    """``tiny`` as is; a model folder or file as an absolute path (the engine has its own cwd)."""
+    return model if model == "tiny" else str(Path(model).expanduser().resolve())
+
+
+def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
+             media_dir: Path, job_id: str, seed: int = 0, model: str = "tiny", quant: str = "none",
+             steps: int | None = None, codec: str = "h264") -> dict:
+    """The engine job that continues ``ref`` from ``frame`` at the timeline's rate, or (frame None)
+    makes a clip from the prompt alone to go after ``ref``."""
+    if frame is None:
+        source, kind = {"kind": "none"}, "text"
+    else:
+        if ref.media_path is None or ref.offline:
+            raise tl.TimelineError(f"clip {ref.name!r} is offline: {ref.reason}")
+        time = tl.media_seconds(ref, frame)
+        source, kind = {"kind": "media", "path": str(ref.media_path.resolve()), "time": rational_text(time)}, "ext"
     return {
-        "version": 1,
-        "source": {"kind": "media", "path": str(ref.media_path.resolve()),
-                   "time": f"{time.numerator}/{time.denominator}"},
-        "prompt": prompt, "seconds": f"{seconds.numerator}/{seconds.denominator}",
-        "fps": f"{rate.numerator}/{rate.denominator}", "seed": seed, "model": model, "quant": quant,
-        "steps": steps, "output_dir": str(media_dir.resolve()),
-        "output_name": f"{_file_name(ref.name)}_ext_{job_id}.mp4",
+        "version": 1, "source": source, "prompt": prompt, "seconds": rational_text(seconds),
+        "fps": rational_text(rate), "seed": seed, "model": _model_field(model), "quant": quant, "steps": steps,
+        "codec": codec, "output_dir": str(media_dir.resolve()),
+        "output_name": f"{_file_name(ref.name)}_{kind}_{job_id}{CODEC_SUFFIX[codec]}",
     }
 
 
@@ -83,7 +98,7 @@ def extend_clip(
     tl.check_writable(out)
     job_id = uuid.uuid4().hex[:12]
     spec = job_spec(ref, frame, prompt=prompt, seconds=seconds, rate=doc.rate,
-                    media_dir=out.parent / f"{out.stem}_magic141", job_id=job_id, seed=seed, model=model,
+                    media_dir=media_dir_for(out), job_id=job_id, seed=seed, model=model,
                     quant=quant, steps=steps)
     result = run_job(job_id, spec)
     metadata = {

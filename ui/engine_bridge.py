@@ -1,0 +1,225 @@
+"""The engine service, seen from the UI thread as Qt signals. Never blocks, never imports torch.
+
+Everything that touches the network runs elsewhere: connect/submit/cancel/health on a small
+private ``QThreadPool``, and each job's event stream (``EngineClient.events(job_id)``) on its own
+thread. Raw event dicts are turned into ``JobUpdate`` objects there, step previews decoded into
+``QImage`` there too, so the UI thread only places finished objects.
+
+Traps avoided:
+- Two "Extend" clicks before the service is up must not spawn two services: ``connect`` is
+  serialised by a lock.
+- A blocking server-sent-event read cannot be interrupted from outside. Putting it on a
+  ``QThreadPool`` would make quitting the app (or closing a host's panel) wait for the job to
+  finish, because Qt waits for pool threads on exit; the engine keeps the job whatever we do, so
+  the stream is followed on a daemon thread that is simply abandoned at shutdown. It reaches Qt
+  only through this object's signals, guarded against this object's deletion.
+- A stream that ends without a final event (service restarted, connection dropped) is not
+  reported as success or failure by guessing: the job's record is asked once for its state.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QImage
+
+from magic141.plugin.client import EngineClient, EngineError
+
+from .tasks import TaskRunner, plain_error
+
+TERMINAL = ("finished", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    running: bool
+    device: str = ""
+    free_memory: int | None = None  # bytes
+    loaded_models: tuple[str, ...] = ()
+    running_job: str | None = None
+    queued: int = 0
+    message: str = ""  # why it is not running
+
+    def describe(self) -> str:
+        if not self.running:
+            return f"Engine: {self.message}"
+        parts = [f"Engine: {self.device}"]
+        if self.free_memory is not None:
+            parts.append(f"{self.free_memory / 2**30:.1f} GiB free")
+        parts.append(f"model {', '.join(self.loaded_models)}" if self.loaded_models else "no model loaded")
+        if self.running_job:
+            parts.append(f"running {self.running_job}")
+        if self.queued:
+            parts.append(f"{self.queued} queued")
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """One engine event of one job, ready for the UI: ``kind`` is the event type."""
+
+    job_id: str
+    kind: str  # queued | started | step | finished | failed | cancelled
+    step: int = 0
+    total: int = 0
+    window: int = 0
+    windows: int = 0
+    eta: float | None = None
+    preview: QImage | None = field(default=None, compare=False)
+    result: dict | None = None
+    reason: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """Progress over all windows, 0..1."""
+        if not self.total:
+            return 0.0
+        windows = max(self.windows, 1)
+        return min(1.0, (max(self.window - 1, 0) * self.total + self.step) / (windows * self.total))
+
+    @classmethod
+    def from_event(cls, event: dict) -> JobUpdate:
+        preview = None
+        if event.get("preview"):
+            try:
+                preview = QImage.fromData(base64.b64decode(event["preview"]), "PNG")
+            except (ValueError, TypeError):
+                preview = None
+            if preview is not None and preview.isNull():
+                preview = None
+        eta = event.get("eta")
+        return cls(job_id=str(event.get("job")), kind=str(event.get("type")),
+                   step=int(event.get("step") or 0), total=int(event.get("total") or 0),
+                   window=int(event.get("window") or 0), windows=int(event.get("windows") or 0),
+                   eta=float(eta) if eta is not None else None,
+                   preview=preview, result=event.get("result"), reason=str(event.get("reason") or ""))
+
+
+class EngineBridge(QObject):
+    status_changed = Signal(object)  # EngineStatus
+    job_submitted = Signal(str)  # the service accepted the job with this id
+    job_updated = Signal(object)  # JobUpdate
+    job_error = Signal(str, str)  # job id, what went wrong in plain words (not submitted, stream lost)
+
+    def __init__(self, home: str | os.PathLike | None = None, parent: QObject | None = None, *,
+                 poll_ms: int = 3000) -> None:
+        super().__init__(parent)
+        self.client = EngineClient(home)
+        self._connect_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._tasks = TaskRunner(2, self)
+        self._status_pending = False
+        self._followers: dict[str, threading.Thread] = {}
+        self._timer = QTimer(self)
+        self._timer.setInterval(poll_ms)
+        self._timer.timeout.connect(self.refresh_status)
+
+    @property
+    def home(self):
+        return self.client.root
+
+    # Status -------------------------------------------------------------------------------------
+
+    def start_polling(self) -> None:
+        self._timer.start()
+        self.refresh_status()
+
+    def refresh_status(self) -> None:
+        if self._status_pending or self._closing.is_set():
+            return
+        self._status_pending = True
+        self._tasks.submit(self._health, done=self._status_done, failed=self._status_failed)
+
+    def _health(self) -> EngineStatus:
+        with self._connect_lock:
+            try:
+                self.client.connect(start=False)
+            except EngineError:
+                return EngineStatus(False, message="not running (it starts with the first job)")
+        health = self.client.health()
+        counts = health.get("queue") or {}
+        return EngineStatus(True, device=str(health.get("device", "")), free_memory=health.get("free_memory"),
+                            loaded_models=tuple(health.get("loaded_models") or ()),
+                            running_job=health.get("running"), queued=int(counts.get("PENDING", 0) or 0))
+
+    def _status_done(self, status: EngineStatus) -> None:
+        self._status_pending = False
+        self.status_changed.emit(status)
+
+    def _status_failed(self, message: str) -> None:
+        self._status_pending = False
+        self.status_changed.emit(EngineStatus(False, message=f"unreachable: {message}"))
+
+    # Jobs ---------------------------------------------------------------------------------------
+
+    def submit(self, job_id: str, spec: dict) -> None:
+        """Start the service if needed, queue the job, then follow its events."""
+        self._tasks.submit(self._submit, job_id, dict(spec),
+                           done=lambda _job: self._submitted(job_id),
+                           failed=lambda message: self.job_error.emit(job_id, message))
+
+    def _submit(self, job_id: str, spec: dict) -> dict:
+        with self._connect_lock:
+            self.client.connect()
+        return self.client.submit(spec, job_id=job_id)
+
+    def _submitted(self, job_id: str) -> None:
+        self.job_submitted.emit(job_id)
+        self.refresh_status()
+        thread = threading.Thread(target=self._follow, args=(job_id,), name=f"magic141-events-{job_id}",
+                                  daemon=True)
+        self._followers[job_id] = thread
+        thread.start()
+
+    def cancel(self, job_id: str) -> None:
+        self._tasks.submit(self.client.cancel, job_id,
+                           failed=lambda message: self.job_error.emit(job_id, message))
+
+    def _follow(self, job_id: str) -> None:
+        ended = False
+        try:
+            for event in self.client.events(job_id):
+                if self._closing.is_set():
+                    return
+                update = JobUpdate.from_event(event)
+                self._emit(self.job_updated, update)
+                if update.kind in TERMINAL:
+                    ended = True
+                    break
+            if not ended and not self._closing.is_set():
+                self._emit(self.job_updated, self._from_record(job_id))
+        except Exception as exc:  # noqa: BLE001 - a lost stream is reported, never raised into Qt
+            if not self._closing.is_set():
+                self._emit(self.job_error, job_id,
+                           f"lost the engine while following the job: {plain_error(exc)}")
+        finally:
+            self._followers.pop(job_id, None)
+
+    def _from_record(self, job_id: str) -> JobUpdate:
+        job = self.client.job(job_id)
+        state = str(job.get("state")).upper()
+        kind = {"DONE": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}.get(state)
+        if kind is None:
+            raise EngineError(f"the event stream ended while the job was {state.lower()}")
+        return JobUpdate(job_id, kind, result=job.get("result"), reason=str(job.get("error") or ""))
+
+    def _emit(self, signal, *args) -> None:
+        try:
+            signal.emit(*args)
+        except RuntimeError:  # this object was deleted (panel closed) while the stream ran
+            self._closing.set()
+
+    # Lifetime -----------------------------------------------------------------------------------
+
+    def following(self) -> list[str]:
+        return list(self._followers)
+
+    def shutdown(self) -> None:
+        """Stop polling and let short tasks end; event streams are abandoned (the engine keeps the jobs)."""
+        self._closing.set()
+        self._timer.stop()
+        self._tasks.wait(3000)

@@ -1,0 +1,226 @@
+"""The prompt box (with history) and the generation settings; emits what the editor asked for.
+
+Settings map onto job-spec fields one to one: seconds (exact: 1.5 -> 3/2), seed (locked, or a
+new random one for each job, shown after use), steps (0 = the model's default), model (``tiny``
+or a local model folder), quality (the delivery codec: H.264 preview or ProRes 422 HQ master),
+memory (the DiT weights' quantisation), and where the new clip goes (insert, overwrite, new track).
+
+Traps avoided:
+- Seconds come from a spin box as a float; they become a ``Fraction`` of the two decimals shown,
+  never of the float (``Fraction(0.1)`` is not 1/10).
+- The history never repeats an entry and keeps the newest first; it is saved atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout,
+                               QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox, QToolButton,
+                               QVBoxLayout, QWidget)
+
+from magic141.plugin.timeline import MODES
+
+QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores"}
+MEMORY_PRESETS = {"Full precision": "none", "Balanced (int8 weights)": "int8",
+                  "Low memory (fp8 weights)": "fp8"}
+MODE_LABELS = {"insert": "Insert after the clip", "overwrite": "Overwrite what follows",
+               "newtrack": "New track above"}
+HISTORY_SIZE = 50
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str
+    seconds: Fraction
+    seed: int
+    steps: int | None  # None: the model's default
+    model: str
+    quant: str
+    codec: str
+    mode: str
+
+
+class PromptHistory:
+    """Prompts used before, newest first, optionally kept in a JSON file."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.items: list[str] = []
+        if path is not None:
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                self.items = [p for p in loaded.get("prompts", []) if isinstance(p, str)][:HISTORY_SIZE]
+            except (OSError, ValueError, AttributeError):
+                self.items = []  # no history yet, or an unreadable one: start afresh
+
+    def add(self, prompt: str) -> None:
+        self.items = [prompt] + [p for p in self.items if p != prompt][: HISTORY_SIZE - 1]
+        if self.path is not None:
+            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            try:
+                temp.write_text(json.dumps({"version": 1, "prompts": self.items}), encoding="utf-8")
+                os.replace(temp, self.path)
+            except OSError:
+                temp.unlink(missing_ok=True)  # history is a convenience: never fail a job for it
+
+
+class PromptPanel(QWidget):
+    extend_requested = Signal(object)  # GenerationSettings
+    generate_requested = Signal(object)  # GenerationSettings (text to video)
+
+    def __init__(self, parent: QWidget | None = None, history: PromptHistory | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("promptPanel")
+        self.history = history if history is not None else PromptHistory()
+        self._random = random.Random()
+
+        self.prompt = QPlainTextEdit(self)
+        self.prompt.setObjectName("prompt")
+        self.prompt.setPlaceholderText("Describe what happens next…  (Ctrl+Enter: Extend)")
+        self.prompt.setTabChangesFocus(True)
+        self.prompt.setMaximumHeight(90)
+        self.recent = QComboBox(self)
+        self.recent.setObjectName("promptHistory")
+        self.recent.setToolTip("Prompts used before")
+        self.recent.activated.connect(self._recall)
+        self._fill_history()
+
+        self.seconds = QDoubleSpinBox(self)
+        self.seconds.setRange(0.25, 120.0)
+        self.seconds.setDecimals(2)
+        self.seconds.setSingleStep(0.5)
+        self.seconds.setValue(2.0)
+        self.seconds.setSuffix(" s")
+        self.seed = QSpinBox(self)
+        self.seed.setRange(0, MAX_SEED)
+        self.seed_lock = QCheckBox("lock", self)
+        self.seed_lock.setChecked(True)
+        self.seed_lock.setToolTip("Locked: every job uses this seed. Unlocked: a new random seed per job "
+                                  "(Ctrl+L)")
+        self.reseed = QToolButton(self)
+        self.reseed.setText("⟳")
+        self.reseed.setToolTip("New random seed (Ctrl+R)")
+        self.reseed.clicked.connect(self.new_seed)
+        self.steps = QSpinBox(self)
+        self.steps.setRange(0, 200)
+        self.steps.setSpecialValueText("model default")
+        self.model = QComboBox(self)
+        self.model.setEditable(True)
+        self.model.addItem("tiny")
+        self.model.setToolTip("'tiny', or the folder or file of a local model")
+        self.quality = QComboBox(self)
+        self.quality.addItems(list(QUALITY_PRESETS))
+        self.memory = QComboBox(self)
+        self.memory.addItems(list(MEMORY_PRESETS))
+        self.mode = QComboBox(self)
+        for mode in MODES:
+            self.mode.addItem(MODE_LABELS.get(mode, mode), mode)
+
+        self.extend_button = QPushButton("Extend", self)
+        self.extend_button.setObjectName("extendButton")
+        self.extend_button.setToolTip("Continue the selected clip from the viewer's frame (Ctrl+Enter)")
+        self.extend_button.clicked.connect(lambda: self._request(self.extend_requested))
+        self.generate_button = QPushButton("Generate from text", self)
+        self.generate_button.setObjectName("generateButton")
+        self.generate_button.setToolTip("A new clip from the prompt alone, placed after the selected clip "
+                                        "(Ctrl+Shift+Enter)")
+        self.generate_button.clicked.connect(lambda: self._request(self.generate_requested))
+        self.problem = QLabel("", self)
+        self.problem.setObjectName("promptProblem")
+        self.problem.setWordWrap(True)
+
+        seed_row = QHBoxLayout()
+        seed_row.setContentsMargins(0, 0, 0, 0)
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.seed_lock)
+        seed_row.addWidget(self.reseed)
+        form = QFormLayout()
+        form.setLabelAlignment(Qt.AlignRight)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Seconds", self.seconds)
+        form.addRow("Seed", seed_row)
+        form.addRow("Steps", self.steps)
+        form.addRow("Model", self.model)
+        form.addRow("Quality", self.quality)
+        form.addRow("Memory", self.memory)
+        form.addRow("Place", self.mode)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.extend_button, 1)
+        buttons.addWidget(self.generate_button, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Prompt", self))
+        layout.addWidget(self.prompt)
+        layout.addWidget(self.recent)
+        layout.addLayout(form)
+        layout.addWidget(self.problem)
+        layout.addLayout(buttons)
+        layout.addStretch(1)
+
+    # Reading the settings --------------------------------------------------------------------------
+
+    def settings(self) -> GenerationSettings:
+        """What the controls say now; an unlocked seed is re-drawn first (and shown)."""
+        if not self.seed_lock.isChecked():
+            self.new_seed()
+        return GenerationSettings(
+            prompt=self.prompt.toPlainText().strip(),
+            seconds=Fraction(round(self.seconds.value() * 100), 100),
+            seed=self.seed.value(),
+            steps=self.steps.value() or None,
+            model=self.model.currentText().strip() or "tiny",
+            quant=MEMORY_PRESETS[self.memory.currentText()],
+            codec=QUALITY_PRESETS[self.quality.currentText()],
+            mode=self.mode.currentData(),
+        )
+
+    def new_seed(self) -> None:
+        self.seed.setValue(self._random.randint(0, MAX_SEED))
+
+    def toggle_seed_lock(self) -> None:
+        self.seed_lock.setChecked(not self.seed_lock.isChecked())
+
+    def remember(self, prompt: str) -> None:
+        """Add a prompt that was sent to the history."""
+        self.history.add(prompt)
+        self._fill_history()
+
+    # Inside --------------------------------------------------------------------------------------
+
+    def _request(self, signal) -> None:
+        settings = self.settings()
+        if not settings.prompt:
+            self.problem.setText("Type a prompt first: it says what should happen next.")
+            self.prompt.setFocus()
+            return
+        self.problem.setText("")
+        signal.emit(settings)
+
+    def _fill_history(self) -> None:
+        self.recent.blockSignals(True)
+        self.recent.clear()
+        self.recent.addItem("Recent prompts…" if self.history.items else "No recent prompts")
+        for text in self.history.items:
+            self.recent.addItem(text if len(text) <= 80 else text[:77] + "…", text)
+        self.recent.setCurrentIndex(0)
+        self.recent.blockSignals(False)
+
+    def _recall(self, index: int) -> None:
+        text = self.recent.itemData(index)
+        if text:
+            self.prompt.setPlainText(text)
+        self.recent.setCurrentIndex(0)
+
+    def trigger_extend(self) -> None:
+        self._request(self.extend_requested)
+
+    def trigger_generate(self) -> None:
+        self._request(self.generate_requested)
