@@ -34,6 +34,7 @@ def _quiet_third_party() -> None:
 def build_parser() -> argparse.ArgumentParser:
     from magic141.engine import cli as engine_cli
     from magic141.plugin import cli as plugin_cli
+    from magic141.plugin import farm
     from magic141.plugin import queue_cli
 
     parser = argparse.ArgumentParser(prog="magic141", description="Extend video clips with Magic 1-For-1.")
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_cli.register(commands)
     queue_cli.register(commands)
     plugin_cli.register(commands)
+    farm.register(commands)
     return parser
 
 

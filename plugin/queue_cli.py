@@ -1,7 +1,8 @@
 """``magic141 queue ...``: the render queue from the command line, through the engine service.
 
 ``add``, ``list``, ``cancel``, ``retry``, ``pause``, ``resume`` and ``watch`` talk to the service
-(started if none is running); ``run`` drains the queue in this process and exits.
+(started if none is running); ``run`` drains the queue in this process and exits;
+``from-timeline`` queues one job per ``magic141:`` clip marker (see ``markers.py``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 EXIT_JOB_FAILED = 1
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from magic141.engine.cli import QUANT_CHOICES, add_job_options
+    from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed, add_job_options
 
     queue = commands.add_parser("queue", help="the persistent render queue")
     queue.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
@@ -51,6 +53,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--ray", metavar="auto|ADDRESS", help="spread jobs over Ray actors, one GPU each")
     run.add_argument("--actors", type=int, help="with --ray: how many actors (default: one per GPU)")
     run.set_defaults(handler=run_drain)
+    marks = actions.add_parser("from-timeline", help="queue one job per clip marker named 'magic141: <prompt>'")
+    marks.add_argument("timeline", help=".otio, .otioz, .otiod or any timeline OTIO's adapters read")
+    marks.add_argument("--apply", action="store_true",
+                       help="wait, then put every result right after its marked clip and save the timeline")
+    marks.add_argument("--out", help="with --apply: save here (default: in place, keeping NAME.bak)")
+    marks.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
+    marks.add_argument("--seconds", type=_seconds, default=Fraction(5), help="where a marker has no seconds=")
+    marks.add_argument("--seed", type=_seed, default=0, help="where a marker has no seed=")
+    marks.add_argument("--model", default="tiny")
+    marks.add_argument("--quant", choices=QUANT_CHOICES, default="none")
+    marks.add_argument("--steps", type=_positive("--steps"))
+    marks.add_argument("--priority", type=int, default=0)
+    marks.set_defaults(handler=run_from_timeline)
 
 
 def _client(args):
@@ -176,6 +191,22 @@ def run_watch(args) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def run_from_timeline(args) -> int:
+    from .markers import queue_from_timeline
+
+    report = queue_from_timeline(
+        args.timeline, lambda: _client(args), apply=args.apply, out=args.out, mode=args.mode,
+        seconds=args.seconds, seed=args.seed, model=args.model, quant=args.quant, steps=args.steps,
+        priority=args.priority, say=lambda line: print(line, file=sys.stderr if args.apply else sys.stdout))
+    if args.apply:
+        for ident, reason in report.failed.items():
+            print(f"error: job {ident} did not finish: {reason}", file=sys.stderr)
+        where = f"; timeline saved to {report.saved}" if report.saved else "; timeline unchanged"
+        print(f"{len(report.added)} clips added, {len(report.skipped)} already in the timeline, "
+              f"{len(report.failed)} failed{where}")
+    return EXIT_JOB_FAILED if report.failed else 0
 
 
 def run_drain(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,23 @@ def sample_image():
 
     with PIL.Image.open(SAMPLE_IMAGE) as image:
         return image.convert("RGB")
+
+
+def stop_service(root: Path) -> None:
+    """Kill the engine service a test started under ``root`` (tests leave no server behind)."""
+    from magic141.engine import home as home_dir
+
+    info = home_dir.read_service(root) if root.exists() else None
+    if info:
+        try:
+            os.kill(info["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def home(tmp_path):
+    """An engine home folder; the service started in it is killed afterwards."""
+    root = tmp_path / "home"
+    yield root
+    stop_service(root)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -38,18 +37,6 @@ def sample(tmp_path) -> Path:
     urls = {clip.media_reference.target_url for clip in opened.find_clips()}
     assert urls == {"plate.mp4"}  # relative: the copy must not reach back into resources/
     return folder / "sample.otio"
-
-
-@pytest.fixture
-def home(tmp_path):
-    root = tmp_path / "home"
-    yield root
-    info = home_dir.read_service(root) if root.exists() else None
-    if info:
-        try:
-            os.kill(info["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
 import threading
 import time
 from fractions import Fraction
@@ -18,21 +16,14 @@ from magic141.engine import home as home_dir
 from magic141.engine import media
 from magic141.plugin.client import EngineClient, EngineError
 
+from conftest import stop_service
+
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
 
 
 def spec(out_dir: Path, seconds: str = "1", **extra) -> dict:
     return {"version": 1, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)}, "prompt": "a red ball rolls",
             "seconds": seconds, "fps": "24000/1001", "height": 32, "width": 48, "output_dir": str(out_dir), **extra}
-
-
-def stop_service(root: Path) -> None:
-    info = home_dir.read_service(root)
-    if info:
-        try:
-            os.kill(info["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture

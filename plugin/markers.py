@@ -1,0 +1,399 @@
+"""Marker-driven render queues: clip markers named ``magic141: <prompt>`` become engine jobs.
+
+An editor drops a marker on a clip in any host, names it ``magic141: the camera pushes in
+seconds=3 seed=7``, and exports the timeline. ``magic141 queue from-timeline`` turns every such
+marker into one job conditioned on the frame under the marker; with ``--apply`` it waits and
+puts each result right after its marked clip, the same edit the panel makes.
+
+Grammar of a marker name (case-insensitive prefix, options anywhere after it)::
+
+    magic141: <prompt words> [seconds=S] [seed=N]
+
+``S`` is exact (``2.5`` or ``5/2``). When the name holds only options, the prompt is read from
+the marker's comment (hosts such as Resolve keep names short and the long text in a note).
+
+Traps avoided:
+- A marker's ``marked_range`` is in its clip's *source* time (the media's clock), not in track
+  time: the frame in the clip is the marker time minus the clip's trimmed start.
+- Re-running must not render twice. Job ids are derived from what the marker asks for and where
+  it sits in the media (clip name, media file name, source in-point, marker time, prompt,
+  seconds, seed, model), never from the clip's position on the track, which the previous run's
+  inserts have rippled. The queue's submit is idempotent by id, and a marker whose id is already
+  in some clip's ``metadata["magic141"]["job_id"]`` (or in its media file's name, for hosts such
+  as Resolve whose export drops clip metadata) is skipped.
+- The spec's output folder follows the timeline file, the id does not: a job that an earlier run
+  (perhaps from another copy of the timeline) already queued is reused as it is, never submitted
+  again with a different spec (the service would refuse the id as conflicting).
+- Everything is checked before anything is submitted: one bad marker leaves the queue untouched.
+- Several markers on one clip keep their order on the track: each result goes after the
+  results of the same clip's earlier markers, not straight after the clip.
+- Results are placed from the end of each track backwards: an overwrite after one clip may trim
+  the clips to its right, so those are done first, while the clip it follows is still whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import opentimelineio as otio
+
+from magic141.engine.jobspec import MAX_SECONDS
+
+from . import timeline as tl
+from .extend import job_spec
+
+PREFIX = "magic141:"
+OPTIONS = ("seconds", "seed")
+_PREFIX = re.compile(r"^\s*magic141\s*:", re.IGNORECASE)
+_OPTION = re.compile(r"^(seconds|seed)=(.*)$", re.IGNORECASE)
+TERMINAL = ("DONE", "FAILED", "CANCELLED")
+_MEDIA_ID = re.compile(r"_ext_(mk-[0-9a-f]{20})\.[A-Za-z0-9]+$")  # extend.job_spec's output_name
+
+
+class MarkerError(tl.TimelineError):
+    """A ``magic141:`` marker cannot be turned into a job (bad option, outside its clip, offline media)."""
+
+
+@dataclass(frozen=True)
+class MarkerRequest:
+    """What one marker asks for; ``None`` means "the command's default"."""
+
+    prompt: str
+    seconds: Fraction | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class MarkerJob:
+    """One marker resolved against its timeline: the job to run and where its result goes."""
+
+    ref: tl.ClipRef
+    marker: otio.schema.Marker
+    frame: int  # frame in the clip (0 = its first frame) under the marker
+    prompt: str
+    seconds: Fraction
+    seed: int
+    job_id: str
+    spec: dict
+    in_timeline: bool  # a clip with this job id is already in the timeline
+
+    def describe(self) -> str:
+        return f"clip {self.ref.name!r} frame {self.frame}: {self.prompt!r} ({self.seconds} s, seed {self.seed})"
+
+
+# Parsing ---------------------------------------------------------------------------------------
+
+
+def is_request(marker: otio.schema.Marker) -> bool:
+    return bool(_PREFIX.match(marker.name or ""))
+
+
+def _seconds(text: str) -> Fraction:
+    try:
+        value = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise MarkerError(f"seconds={text} is not a number (write 3, 2.5 or 5/2)") from None
+    if not 0 < value <= MAX_SECONDS:
+        raise MarkerError(f"seconds={text} must be more than 0 and at most {MAX_SECONDS}")
+    return value
+
+
+def _seed(text: str) -> int:
+    if not text.strip().isdigit() or int(text) >= 2**63:
+        raise MarkerError(f"seed={text} must be a whole number from 0 to 2**63-1")
+    return int(text)
+
+
+def _split(text: str, found: dict[str, str]) -> str:
+    """Remove ``key=value`` options from ``text`` into ``found``; return the remaining words."""
+    words = []
+    for word in text.split():
+        option = _OPTION.match(word)
+        if option is None:
+            words.append(word)
+            continue
+        key = option.group(1).lower()
+        if key in found:
+            raise MarkerError(f"{key}= is given twice")
+        found[key] = option.group(2)
+    return " ".join(words)
+
+
+def parse_marker(marker: otio.schema.Marker) -> MarkerRequest | None:
+    """The request in a ``magic141:`` marker, ``None`` for any other marker.
+
+    Raises ``MarkerError`` (naming the marker) when the name is ours but malformed."""
+    name = marker.name or ""
+    match = _PREFIX.match(name)
+    if match is None:
+        return None
+    found: dict[str, str] = {}
+    try:
+        prompt = _split(name[match.end():], found)
+        if not prompt:  # the prompt may live in the marker's note
+            prompt = _split(getattr(marker, "comment", "") or "", found)
+        if not prompt:
+            raise MarkerError("it has no prompt (write magic141: <what happens next>)")
+        return MarkerRequest(
+            prompt=prompt,
+            seconds=_seconds(found["seconds"]) if "seconds" in found else None,
+            seed=_seed(found["seed"]) if "seed" in found else None,
+        )
+    except MarkerError as exc:
+        raise MarkerError(f"marker {name!r}: {exc}") from None
+
+
+def annotate(timeline) -> int:
+    """Record each ``magic141:`` marker's parsed request (or why it is wrong) in its metadata.
+
+    The OTIO hook runs this after every read, so any OTIO tool shows what Magic141 will do. It
+    never raises for a bad marker: other tools reading the timeline must not break on our syntax.
+    Returns how many markers it annotated."""
+    count = 0
+    find = getattr(timeline, "find_clips", None)
+    if find is None:
+        return 0
+    for clip in find():
+        for marker in clip.markers:
+            if not is_request(marker):
+                continue
+            try:
+                request = parse_marker(marker)
+                note = {"prompt": request.prompt,
+                        "seconds": None if request.seconds is None else str(request.seconds),
+                        "seed": request.seed}
+            except MarkerError as exc:
+                note = {"error": str(exc)}
+            marker.metadata[tl.NAMESPACE] = note
+            count += 1
+    return count
+
+
+# Jobs from a timeline --------------------------------------------------------------------------
+
+
+def _seconds_of(time: otio.opentime.RationalTime) -> Fraction:
+    return Fraction(time.value) / tl.rational_rate(time.rate)
+
+
+def _frame_in_clip(ref: tl.ClipRef, marker: otio.schema.Marker) -> int:
+    source = ref.clip.trimmed_range()
+    rate = tl.rational_rate(source.duration.rate)
+    offset = _seconds_of(marker.marked_range.start_time) - _seconds_of(source.start_time)
+    frame = round(offset * rate)
+    frames = tl.clip_frames(ref)
+    if not 0 <= frame < frames:
+        raise MarkerError(f"marker {marker.name!r} on clip {ref.name!r} lies outside the clip (frame {frame}; "
+                          f"the clip shows frames 0 to {frames - 1}): move it onto the clip")
+    return frame
+
+
+def generated_job_ids(doc: tl.TimelineDoc) -> set[str]:
+    """Job ids of every generated clip already in the timeline (from its metadata or media name)."""
+    ids = set()
+    for clip in doc.timeline.find_clips():
+        made = clip.metadata.get(tl.NAMESPACE)
+        if made is not None and hasattr(made, "get") and made.get("job_id"):
+            ids.add(str(made.get("job_id")))
+        url = getattr(clip.media_reference, "target_url", None) or ""
+        named = _MEDIA_ID.search(url)
+        if named:
+            ids.add(named.group(1))
+    return ids
+
+
+def job_id(identity: dict) -> str:
+    """A stable id (the queue accepts ``[A-Za-z0-9_.-]{1,64}``) for a marker's request."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"mk-{digest[:20]}"
+
+
+def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: int = 0, model: str = "tiny",
+                quant: str = "none", steps: int | None = None, media_dir: Path | None = None) -> list[MarkerJob]:
+    """Every ``magic141:`` marker on the video clips of ``doc``, checked and turned into a job spec.
+
+    ``seconds`` and ``seed`` are used where a marker does not say. Generated media goes to
+    ``media_dir`` (default: ``<timeline name>_magic141`` beside the timeline). Raises
+    ``MarkerError`` naming the first bad marker (and how many more there are)."""
+    media_dir = Path(media_dir) if media_dir is not None else doc.path.parent / f"{doc.path.stem}_magic141"
+    done = generated_job_ids(doc)
+    jobs: list[MarkerJob] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for ref in tl.video_clips(doc):
+        marked = [m for m in ref.clip.markers if is_request(m)]
+        marked.sort(key=lambda m: _seconds_of(m.marked_range.start_time))
+        for marker in marked:
+            try:
+                request = parse_marker(marker)
+                frame = _frame_in_clip(ref, marker)
+                if ref.offline:
+                    raise MarkerError(f"marker {marker.name!r} is on clip {ref.name!r}, which is offline: {ref.reason}")
+                wanted = request.seconds if request.seconds is not None else seconds
+                chosen_seed = request.seed if request.seed is not None else seed
+                identity = {
+                    "clip": ref.name, "media": ref.media_path.name,
+                    "source_in": str(_seconds_of(ref.clip.trimmed_range().start_time)),
+                    "marker": str(_seconds_of(marker.marked_range.start_time)), "prompt": request.prompt,
+                    "seconds": str(wanted), "seed": chosen_seed, "model": model, "quant": quant, "steps": steps,
+                }
+                key = json.dumps(identity, sort_keys=True)
+                seen[key] = seen.get(key, 0) + 1
+                identity["copy"] = seen[key]  # identical clips with identical markers stay distinct jobs
+                ident = job_id(identity)
+                spec = job_spec(ref, frame, prompt=request.prompt, seconds=wanted, rate=doc.rate,
+                                media_dir=media_dir, job_id=ident, seed=chosen_seed, model=model, quant=quant,
+                                steps=steps)
+            except tl.TimelineError as exc:
+                problems.append(str(exc))
+                continue
+            jobs.append(MarkerJob(ref, marker, frame, request.prompt, wanted, chosen_seed, ident, spec,
+                                  ident in done))
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MarkerError(f"{problems[0]}{more}")
+    return jobs
+
+
+# Writing results back --------------------------------------------------------------------------
+
+
+def _anchor(job: MarkerJob, siblings: set[str]) -> tl.ClipRef:
+    """The item to insert after: the marked clip, or the last result of its earlier markers."""
+    track = job.ref.track
+    index = track.index(job.ref.clip)
+    while index + 1 < len(track):
+        following = track[index + 1]
+        made = following.metadata.get(tl.NAMESPACE) if isinstance(following, otio.schema.Clip) else None
+        if made is None or not hasattr(made, "get") or str(made.get("job_id")) not in siblings:
+            break
+        index += 1
+    return dataclasses.replace(job.ref, clip=track[index])
+
+
+def apply_result(doc: tl.TimelineDoc, job: MarkerJob, result: dict, *, mode: str = "insert",
+                 siblings: set[str] = frozenset()) -> otio.schema.Clip:
+    """Place one finished job's media after its marked clip, and after the results of ``siblings``
+    (the same clip's other markers) already there; on a new track in ``newtrack`` mode."""
+    metadata = {
+        "job_id": job.job_id, "prompt": job.prompt, "seed": job.seed, "model": job.spec["model"],
+        "quant": job.spec["quant"], "steps": result.get("settings", {}).get("steps", job.spec["steps"]),
+        "source_clip": job.ref.name, "source_frame": job.frame, "source_time": job.spec["source"]["time"],
+        "seconds": job.spec["seconds"], "marker": job.marker.name,
+    }
+    anchor = job.ref if mode == "newtrack" else _anchor(job, siblings)
+    return tl.add_generated_clip(doc, anchor, Path(result["path"]), int(result["frames"]), doc.rate, metadata, mode)
+
+
+def apply_results(doc: tl.TimelineDoc, jobs: list[MarkerJob], results: dict[str, dict], *,
+                  mode: str = "insert") -> list[otio.schema.Clip]:
+    """Place every job that has a result; returns the new clips in ``jobs`` order."""
+    siblings: dict[int, set[str]] = {}
+    for job in jobs:
+        siblings.setdefault(id(job.ref.clip), set()).add(job.job_id)
+    order = sorted((job for job in jobs if job.job_id in results),
+                   key=lambda job: (-job.ref.index, _seconds_of(job.marker.marked_range.start_time)))
+    placed = {job.job_id: apply_result(doc, job, results[job.job_id], mode=mode,
+                                       siblings=siblings[id(job.ref.clip)] - {job.job_id}) for job in order}
+    return [placed[job.job_id] for job in jobs if job.job_id in placed]
+
+
+# The queue round trip --------------------------------------------------------------------------
+
+
+@dataclass
+class QueueReport:
+    jobs: list[MarkerJob]
+    submitted: list[str]  # ids sent to the queue this run (new, already queued, or retried)
+    skipped: list[str]  # ids whose result is already in the timeline
+    added: list[otio.schema.Clip]
+    failed: dict[str, str]  # id -> reason
+    saved: Path | None
+
+
+def submit_jobs(client, jobs: list[MarkerJob], *, priority: int = 0, say: Callable[[str], None] = print) -> list[str]:
+    """Queue every job not yet in the timeline; one already queued is reused, a failed or cancelled
+    one retried. Returns their ids."""
+    from .client import EngineError
+
+    submitted = []
+    for job in jobs:
+        if job.in_timeline:
+            continue
+        try:
+            queued = client.job(job.job_id)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+            queued = client.submit(job.spec, job_id=job.job_id, priority=priority)
+        if queued["state"] in ("FAILED", "CANCELLED"):
+            queued = client.retry(job.job_id)
+        submitted.append(job.job_id)
+        say(f"{job.job_id}  {queued['state']:<10} {job.describe()}")
+    return submitted
+
+
+def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], None] = print) -> dict[str, dict]:
+    """Poll until every job is DONE, FAILED or CANCELLED; report each as it ends. Returns id -> job."""
+    pending = list(ids)
+    ended: dict[str, dict] = {}
+    while pending:
+        for ident in list(pending):
+            job = client.job(ident)
+            if job["state"] in TERMINAL:
+                pending.remove(ident)
+                ended[ident] = job
+                detail = job.get("error") or (job.get("result") or {}).get("path") or ""
+                say(f"{ident}  {job['state']:<10} {detail}".rstrip())
+        if pending:
+            time.sleep(poll)
+    return ended
+
+
+def queue_from_timeline(path: str | Path, connect: Callable[[], object], *, apply: bool = False,
+                        out: str | Path | None = None, mode: str = "insert", seconds: Fraction = Fraction(5),
+                        seed: int = 0, model: str = "tiny", quant: str = "none", steps: int | None = None,
+                        priority: int = 0, say: Callable[[str], None] = print) -> QueueReport:
+    """Markers -> queued jobs; with ``apply``, wait and write every result into the timeline
+    (``out``, or in place keeping ``NAME.bak``). ``connect()`` gives the engine client; it is only
+    called when there is something to submit."""
+    if mode not in tl.MODES:
+        raise MarkerError(f"--mode must be one of {', '.join(tl.MODES)}, got {mode!r}")
+    if out is not None and not apply:
+        raise MarkerError("--out needs --apply (without it the timeline is not written)")
+    if model != "tiny" and Path(model).exists():
+        model = str(Path(model).resolve())  # the engine runs elsewhere: never a relative path
+    doc = tl.open_timeline(path)
+    jobs = marker_jobs(doc, seconds=seconds, seed=seed, model=model, quant=quant, steps=steps)
+    if not jobs:
+        raise MarkerError(f"no clip of {doc.path.name} has a marker named '{PREFIX} <prompt>'")
+    skipped = [job.job_id for job in jobs if job.in_timeline]
+    for job in jobs:
+        if job.in_timeline:
+            say(f"{job.job_id}  IN TIMELINE {job.describe()}")
+    report = QueueReport(jobs, [], skipped, [], {}, None)
+    if len(skipped) == len(jobs):
+        return report
+    client = connect()
+    report.submitted = submit_jobs(client, jobs, priority=priority, say=say)
+    if not apply:
+        return report
+    ended = wait_for(client, report.submitted, say=say)
+    results = {}
+    for ident, outcome in ended.items():
+        if outcome["state"] == "DONE":
+            results[ident] = outcome["result"]
+        else:
+            report.failed[ident] = outcome.get("error") or outcome["state"].lower()
+    report.added = apply_results(doc, [job for job in jobs if not job.in_timeline], results, mode=mode)
+    if report.added:
+        report.saved = tl.save_timeline(doc, out)
+    return report
