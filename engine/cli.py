@@ -11,6 +11,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+from .jobspec import DEFAULT_MODEL
 from .jobspec import QUANTS as QUANT_CHOICES  # torch-free: keeps `magic141 --help` instant
 
 
@@ -59,7 +60,9 @@ def _seed(text: str) -> int:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="tiny", help="tiny, a diffusers directory, or a DiT checkpoint file")
+    group.add_argument(
+        "--model", default=DEFAULT_MODEL, help="world (default), tiny, a diffusers directory, or a DiT checkpoint file"
+    )
     group.add_argument("--components", help="for a single-file checkpoint: where the VAE and text encoders are")
     group.add_argument(
         "--allow-pickle", action="store_true", help="allow .pt/.pth/.ckpt checkpoints (loaded weights_only)"

@@ -21,7 +21,7 @@ from . import media
 from .conditioning import CONDITIONINGS
 from .errors import InvalidInput
 from .memory import MemoryEstimate, check_fits, estimate_peak
-from .models import TINY, LoadedModel, load_model, parameter_counts
+from .models import TINY, LoadedModel, default_t2i, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
 from .pipeline_output import CancelToken, StepProgress
 from .quant import weight_bytes
@@ -164,7 +164,7 @@ class Engine:
         return cls(
             loaded,
             pipe,
-            t2i=t2i if t2i is not None else (TINY if model == TINY else None),
+            t2i=t2i if t2i is not None else default_t2i(model),
             quant=quant,
             text_quant=text_quant,
             vae_tiling=vae_tiling,

@@ -9,7 +9,7 @@ naming the field. Times and rates are exact rationals written as strings ("24000
               | {"kind": "media", "path": "/shots/010/plate.mov", "time": "1001/24"}   # seconds, exact
               | {"kind": "none"},                                                      # text-to-video
       "prompt": "the camera pushes in", "seconds": "5", "fps": "24000/1001", "seed": 0,
-      "model": "tiny", "steps": null, "quant": "none", "height": null, "width": null,
+      "model": "world", "steps": null, "quant": "none", "height": null, "width": null,
       "codec": "h264", "output_dir": "/renders", "output_name": null
     }
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from .errors import InvalidInput
 from .media import CODECS
@@ -32,7 +32,14 @@ SOURCE_KINDS = ("image", "media", "none")
 QUANTS = ("none", "int8", "fp8")
 CODEC_SUFFIX = {codec: suffix for codec, (_, _, suffix, _) in CODECS.items()}
 MAX_SECONDS = 3600
+BUILTIN_MODELS = ("world", "tiny")  # built into the engine (engine/models.py); any other model is a path
+DEFAULT_MODEL = "tiny"  # trained on the procedural world (resources/world); "tiny" is random weights
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,120}$")
+
+
+def model_field(model: str) -> str:
+    """A built-in model's name as is; a model folder or file as an absolute path (the engine has its own cwd)."""
+    return model if model in BUILTIN_MODELS else str(Path(model).expanduser().resolve())
 
 
 class InvalidSpec(InvalidInput):
@@ -105,7 +112,7 @@ class JobSpec:
     seconds: Fraction = Fraction(5)
     fps: Fraction = Fraction(24)
     seed: int = 0
-    model: str = "tiny"
+    model: str = DEFAULT_MODEL
     steps: int | None = None
     quant: str = "none"
     height: int | None = None
@@ -144,9 +151,9 @@ class JobSpec:
         seed = data.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise InvalidSpec("seed", f"must be a whole number from 0 to 2**63-1, got {seed!r}")
-        model = data.get("model", "tiny")
+        model = data.get("model", DEFAULT_MODEL)
         if not isinstance(model, str) or not model:
-            raise InvalidSpec("model", f"must be 'tiny' or a model path, got {model!r}")
+            raise InvalidSpec("model", f"must be {' or '.join(BUILTIN_MODELS)} or a model path, got {model!r}")
         codec = _choice(data, "codec", tuple(CODEC_SUFFIX), "h264")
         name = data.get("output_name")
         if name is not None and (not isinstance(name, str) or not _NAME.match(name)):

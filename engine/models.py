@@ -1,6 +1,8 @@
 """Where weights come from, chosen by ``--model``.
 
 1. ``tiny``: the real architecture in miniature, random from a fixed seed (see ``tiny.py``).
+   ``world``: the same classes at toy size, trained and step-distilled on the procedural world
+   (``world.py``) by ``engine/train``; a diffusers directory shipped in ``resources/world``.
 2. A local diffusers-format directory (e.g. a copy of ``hunyuanvideo-community/HunyuanVideo-I2V-33ch``),
    loaded with ``local_files_only``. An optional ``magic141.json`` beside ``model_index.json`` says
    how the weights were trained (``{"distilled": true, "conditioning": "magic141"}``).
@@ -23,6 +25,8 @@ import torch
 from .errors import CheckpointError, InvalidInput
 
 TINY = "tiny"
+WORLD = "world"
+WORLD_DIR = Path(__file__).resolve().parent.parent / "resources" / "world"
 SIDECAR = "magic141.json"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -129,6 +133,15 @@ def _load_diffusers_dir(directory: Path, dtype: torch.dtype) -> dict:
     return components
 
 
+def default_t2i(model: str) -> str | None:
+    """The text-to-image model that goes with ``model`` for text-to-video: ``tiny``'s own, or the
+    ``t2i/`` folder shipped inside a model folder (as ``world`` has); None when there is none."""
+    if model == TINY:
+        return TINY
+    folder = (WORLD_DIR if model == WORLD else Path(model).expanduser()) / "t2i"
+    return str(folder) if (folder / "model_index.json").is_file() else None
+
+
 def load_model(
     source: str,
     *,
@@ -144,9 +157,14 @@ def load_model(
         from .tiny import build_tiny_components
 
         return LoadedModel(_tiny_info(), build_tiny_components())
-    path = Path(source).expanduser()
+    path = WORLD_DIR if source == WORLD else Path(source).expanduser()
+    if source == WORLD and not (path / "model_index.json").is_file():
+        raise InvalidInput(f"--model world: the built-in world model is missing from {path}")
     if not path.exists():
-        raise InvalidInput(f"--model {source!r} is neither 'tiny' nor an existing directory or checkpoint file")
+        raise InvalidInput(
+            f"--model {source!r} is neither 'tiny' nor an existing directory or checkpoint file "
+            f"(built-in models: {TINY}, {WORLD})"
+        )
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise InvalidInput(f"--model {path} is a directory without model_index.json (not a diffusers model)")

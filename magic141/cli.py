@@ -33,17 +33,21 @@ def _quiet_third_party() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from magic141.engine import cli as engine_cli
+    from magic141.engine import eval_cli
     from magic141.plugin import cli as plugin_cli
     from magic141.plugin import farm
     from magic141.plugin import queue_cli
+    from magic141.plugin.hosts.blender import install as blender_install
 
     parser = argparse.ArgumentParser(prog="magic141", description="Extend video clips with Magic 1-For-1.")
     parser.add_argument("--version", action="version", version=f"magic141 {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine_cli.register(commands)
+    eval_cli.register(commands)
     queue_cli.register(commands)
     plugin_cli.register(commands)
     farm.register(commands)
+    blender_install.register(commands)
     return parser
 
 

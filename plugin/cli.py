@@ -7,6 +7,7 @@ import argparse
 
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed
+    from magic141.engine.jobspec import DEFAULT_MODEL
 
     from .timeline import MODES
 
@@ -17,7 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     extend.add_argument("--prompt", required=True)
     extend.add_argument("--seconds", type=_seconds, required=True)
     extend.add_argument("--mode", choices=MODES, default="insert")
-    extend.add_argument("--model", default="tiny")
+    extend.add_argument("--model", default=DEFAULT_MODEL, help="world (default), tiny, or a model path")
     extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     extend.add_argument("--steps", type=_positive("--steps"))
     extend.add_argument("--seed", type=_seed, default=0)

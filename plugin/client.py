@@ -30,9 +30,13 @@ class EngineError(Magic141Error):
 
 
 class EngineClient:
-    def __init__(self, root: str | os.PathLike | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, *, timeout: float = 30.0,
+                 python: str | None = None) -> None:
         self.root = home_dir.home(root)
         self.timeout = timeout
+        # The Python that starts the service: this one, unless the client runs inside a host's own
+        # Python (Blender's), which has magic141 on its path but not torch.
+        self.python = python or sys.executable
         self._url: str | None = None
         self._token: str | None = None
 
@@ -44,11 +48,16 @@ class EngineClient:
         if not start:
             raise EngineError(f"no engine service is running for {self.root}")
         log = open(self.root / "logs" / "service.out", "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "magic141", "serve", "--home", str(self.root)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-        )
-        log.close()
+        try:
+            process = subprocess.Popen(
+                [self.python, "-m", "magic141", "serve", "--home", str(self.root)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:  # a Python that is gone (a deleted venv), not executable, ...
+            raise EngineError(f"cannot start the engine service with {self.python}: "
+                              f"{exc.strerror or exc}") from exc
+        finally:
+            log.close()
         # The service outlives this client; a daemon thread reaps it if it exits while we run
         # (no zombie), and holds the Popen so it is never collected while the child still runs.
         threading.Thread(target=process.wait, name="magic141-service-reaper", daemon=True).start()

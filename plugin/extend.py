@@ -16,7 +16,7 @@ from pathlib import Path
 
 import opentimelineio as otio
 
-from magic141.engine.jobspec import CODEC_SUFFIX, rational_text
+from magic141.engine.jobspec import CODEC_SUFFIX, DEFAULT_MODEL, model_field, rational_text
 
 from . import timeline as tl
 
@@ -48,13 +48,19 @@ def media_dir_for(timeline: Path) -> Path:
     return timeline.parent / f"{timeline.stem}_magic141"
 
 
-def _model_field(model: str) -> str:
-    """``tiny`` as is; a model folder or file as an absolute path (the engine has its own cwd)."""
-    return model if model == "tiny" else str(Path(model).expanduser().resolve())
+def generated_metadata(job_id: str, spec: dict, result: dict, *, source_clip: str, source_frame: int | None,
+                       **extra) -> dict:
+    """What a generated clip keeps under ``metadata["magic141"]``: enough to redo it or make a variation."""
+    return {
+        "job_id": job_id, "prompt": spec["prompt"], "seed": spec["seed"], "model": spec["model"],
+        "quant": spec["quant"], "steps": (result.get("settings") or {}).get("steps", spec.get("steps")),
+        "source_clip": source_clip, "source_frame": source_frame, "source_time": spec["source"].get("time"),
+        "seconds": spec["seconds"], **extra,
+    }
 
 
 def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
-             media_dir: Path, job_id: str, seed: int = 0, model: str = "tiny", quant: str = "none",
+             media_dir: Path, job_id: str, seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
              steps: int | None = None, codec: str = "h264") -> dict:
     """The engine job that continues ``ref`` from ``frame`` at the timeline's rate, or (frame None)
     makes a clip from the prompt alone to go after ``ref``."""
@@ -67,7 +73,7 @@ def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fracti
         source, kind = {"kind": "media", "path": str(ref.media_path.resolve()), "time": rational_text(time)}, "ext"
     return {
         "version": 1, "source": source, "prompt": prompt, "seconds": rational_text(seconds),
-        "fps": rational_text(rate), "seed": seed, "model": _model_field(model), "quant": quant, "steps": steps,
+        "fps": rational_text(rate), "seed": seed, "model": model_field(model), "quant": quant, "steps": steps,
         "codec": codec, "output_dir": str(media_dir.resolve()),
         "output_name": f"{_file_name(ref.name)}_{kind}_{job_id}{CODEC_SUFFIX[codec]}",
     }
@@ -84,7 +90,7 @@ def extend_clip(
     mode: str = "insert",
     out: str | Path | None = None,
     seed: int = 0,
-    model: str = "tiny",
+    model: str = DEFAULT_MODEL,
     quant: str = "none",
     steps: int | None = None,
 ) -> ExtendResult:
@@ -101,11 +107,7 @@ def extend_clip(
                     media_dir=media_dir_for(out), job_id=job_id, seed=seed, model=model,
                     quant=quant, steps=steps)
     result = run_job(job_id, spec)
-    metadata = {
-        "job_id": job_id, "prompt": prompt, "seed": seed, "model": model, "quant": quant,
-        "steps": result["settings"]["steps"], "source_clip": ref.name, "source_frame": frame,
-        "source_time": spec["source"]["time"], "seconds": spec["seconds"],
-    }
+    metadata = generated_metadata(job_id, spec, result, source_clip=ref.name, source_frame=frame)
     new_clip = tl.add_generated_clip(doc, ref, Path(result["path"]), result["frames"], doc.rate, metadata, mode)
     saved = tl.save_timeline(doc, out)
     placed = new_clip.range_in_parent()

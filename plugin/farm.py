@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 
 from magic141.engine.errors import InvalidInput, Magic141Error
+from magic141.engine.jobspec import BUILTIN_MODELS
 
 SPEC_VERSION = "jobtemplate-2023-09"
 STEP = "Generate"
@@ -95,7 +96,7 @@ def job_template(spec: dict, job_id: str, *, command: str = "magic141", gpus: in
             }},
         },
     }
-    gpus = (0 if parsed.model == "tiny" else 1) if gpus is None else gpus
+    gpus = (0 if parsed.model in BUILTIN_MODELS else 1) if gpus is None else gpus
     if gpus:
         step["hostRequirements"] = {"amounts": [{"name": "amount.worker.gpu", "min": int(gpus)}]}
     template = {

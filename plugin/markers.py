@@ -45,10 +45,10 @@ from pathlib import Path
 
 import opentimelineio as otio
 
-from magic141.engine.jobspec import MAX_SECONDS
+from magic141.engine.jobspec import DEFAULT_MODEL, MAX_SECONDS, model_field
 
 from . import timeline as tl
-from .extend import job_spec
+from .extend import generated_metadata, job_spec
 
 PREFIX = "magic141:"
 OPTIONS = ("seconds", "seed")
@@ -96,7 +96,8 @@ def is_request(marker: otio.schema.Marker) -> bool:
     return bool(_PREFIX.match(marker.name or ""))
 
 
-def _seconds(text: str) -> Fraction:
+def parse_seconds(text: str) -> Fraction:
+    """A duration as the markers write it: 3, 2.5 or 5/2 seconds, exact."""
     try:
         value = Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
@@ -144,7 +145,7 @@ def parse_marker(marker: otio.schema.Marker) -> MarkerRequest | None:
             raise MarkerError("it has no prompt (write magic141: <what happens next>)")
         return MarkerRequest(
             prompt=prompt,
-            seconds=_seconds(found["seconds"]) if "seconds" in found else None,
+            seconds=parse_seconds(found["seconds"]) if "seconds" in found else None,
             seed=_seed(found["seed"]) if "seed" in found else None,
         )
     except MarkerError as exc:
@@ -216,7 +217,7 @@ def job_id(identity: dict) -> str:
     return f"mk-{digest[:20]}"
 
 
-def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: int = 0, model: str = "tiny",
+def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: int = 0, model: str = DEFAULT_MODEL,
                 quant: str = "none", steps: int | None = None, media_dir: Path | None = None) -> list[MarkerJob]:
     """Every ``magic141:`` marker on the video clips of ``doc``, checked and turned into a job spec.
 
@@ -283,12 +284,8 @@ def apply_result(doc: tl.TimelineDoc, job: MarkerJob, result: dict, *, mode: str
                  siblings: set[str] = frozenset()) -> otio.schema.Clip:
     """Place one finished job's media after its marked clip, and after the results of ``siblings``
     (the same clip's other markers) already there; on a new track in ``newtrack`` mode."""
-    metadata = {
-        "job_id": job.job_id, "prompt": job.prompt, "seed": job.seed, "model": job.spec["model"],
-        "quant": job.spec["quant"], "steps": result.get("settings", {}).get("steps", job.spec["steps"]),
-        "source_clip": job.ref.name, "source_frame": job.frame, "source_time": job.spec["source"]["time"],
-        "seconds": job.spec["seconds"], "marker": job.marker.name,
-    }
+    metadata = generated_metadata(job.job_id, job.spec, result, source_clip=job.ref.name, source_frame=job.frame,
+                                  marker=job.marker.name)
     anchor = job.ref if mode == "newtrack" else _anchor(job, siblings)
     return tl.add_generated_clip(doc, anchor, Path(result["path"]), int(result["frames"]), doc.rate, metadata, mode)
 
@@ -341,13 +338,17 @@ def submit_jobs(client, jobs: list[MarkerJob], *, priority: int = 0, say: Callab
     return submitted
 
 
-def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], None] = print) -> dict[str, dict]:
-    """Poll until every job is DONE, FAILED or CANCELLED; report each as it ends. Returns id -> job."""
+def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], None] = print,
+             watch: Callable[[dict], None] | None = None) -> dict[str, dict]:
+    """Poll until every job is DONE, FAILED or CANCELLED; report each as it ends (and every polled
+    record to ``watch``, e.g. for a progress bar). Returns id -> job."""
     pending = list(ids)
     ended: dict[str, dict] = {}
     while pending:
         for ident in list(pending):
             job = client.job(ident)
+            if watch is not None:
+                watch(job)
             if job["state"] in TERMINAL:
                 pending.remove(ident)
                 ended[ident] = job
@@ -360,7 +361,7 @@ def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], 
 
 def queue_from_timeline(path: str | Path, connect: Callable[[], object], *, apply: bool = False,
                         out: str | Path | None = None, mode: str = "insert", seconds: Fraction = Fraction(5),
-                        seed: int = 0, model: str = "tiny", quant: str = "none", steps: int | None = None,
+                        seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none", steps: int | None = None,
                         priority: int = 0, say: Callable[[str], None] = print) -> QueueReport:
     """Markers -> queued jobs; with ``apply``, wait and write every result into the timeline
     (``out``, or in place keeping ``NAME.bak``). ``connect()`` gives the engine client; it is only
@@ -369,8 +370,7 @@ def queue_from_timeline(path: str | Path, connect: Callable[[], object], *, appl
         raise MarkerError(f"--mode must be one of {', '.join(tl.MODES)}, got {mode!r}")
     if out is not None and not apply:
         raise MarkerError("--out needs --apply (without it the timeline is not written)")
-    if model != "tiny" and Path(model).exists():
-        model = str(Path(model).resolve())  # the engine runs elsewhere: never a relative path
+    model = model_field(model)  # the engine runs elsewhere: never a relative path
     doc = tl.open_timeline(path)
     jobs = marker_jobs(doc, seconds=seconds, seed=seed, model=model, quant=quant, steps=steps)
     if not jobs:

@@ -18,6 +18,7 @@ EXIT_JOB_FAILED = 1
 
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed, add_job_options
+    from magic141.engine.jobspec import DEFAULT_MODEL
 
     queue = commands.add_parser("queue", help="the persistent render queue")
     queue.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
@@ -27,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--spec", type=Path, help="a job spec JSON file (version 1) instead of the options")
     add.add_argument("--id", help="job id (submitting the same id and spec again is a no-op)")
     add.add_argument("--priority", type=int, default=0)
-    add.add_argument("--model", default="tiny")
+    add.add_argument("--model", default=DEFAULT_MODEL)
     add.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     add.add_argument("--media", type=Path, help="a video to start from, with --at")
     add.add_argument("--at", help="time in --media, in seconds (exact: 1001/24 or 2.5)")
@@ -61,7 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     marks.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
     marks.add_argument("--seconds", type=_seconds, default=Fraction(5), help="where a marker has no seconds=")
     marks.add_argument("--seed", type=_seed, default=0, help="where a marker has no seed=")
-    marks.add_argument("--model", default="tiny")
+    marks.add_argument("--model", default=DEFAULT_MODEL)
     marks.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     marks.add_argument("--steps", type=_positive("--steps"))
     marks.add_argument("--priority", type=int, default=0)
@@ -75,6 +76,8 @@ def _client(args):
 
 
 def spec_from_args(args) -> dict:
+    from magic141.engine.jobspec import model_field
+
     if args.spec is not None:
         try:
             return json.loads(args.spec.read_text())
@@ -98,13 +101,11 @@ def spec_from_args(args) -> dict:
         source = {"kind": "none"}
     spec = {
         "version": 1, "source": source, "prompt": args.prompt, "seconds": str(args.seconds),
-        "fps": f"{args.fps.numerator}/{args.fps.denominator}", "seed": args.seed, "model": args.model,
+        "fps": f"{args.fps.numerator}/{args.fps.denominator}", "seed": args.seed, "model": model_field(args.model),
         "quant": args.quant, "steps": args.steps, "height": args.height, "width": args.width,
         "shift": args.shift, "guidance": args.cfg, "negative_prompt": args.negative_prompt,
         "conditioning": args.conditioning, "window_overlap": args.window_overlap,
     }
-    if args.model != "tiny" and Path(args.model).exists():
-        spec["model"] = str(Path(args.model).resolve())
     if args.out is not None:
         out = args.out.resolve()
         spec.update(output_dir=str(out.parent), output_name=out.name,

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox, QToolButton,
                                QVBoxLayout, QWidget)
 
+from magic141.engine.jobspec import BUILTIN_MODELS, DEFAULT_MODEL
 from magic141.plugin.timeline import MODES
 
 QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores"}
@@ -114,8 +115,9 @@ class PromptPanel(QWidget):
         self.steps.setSpecialValueText("model default")
         self.model = QComboBox(self)
         self.model.setEditable(True)
-        self.model.addItem("tiny")
-        self.model.setToolTip("'tiny', or the folder or file of a local model")
+        self.model.addItems(list(BUILTIN_MODELS))
+        self.model.setToolTip("a built-in model (world: trained on the procedural world; tiny: random), "
+                              "or the folder or file of a local model")
         self.quality = QComboBox(self)
         self.quality.addItems(list(QUALITY_PRESETS))
         self.memory = QComboBox(self)
@@ -176,7 +178,7 @@ class PromptPanel(QWidget):
             seconds=Fraction(round(self.seconds.value() * 100), 100),
             seed=self.seed.value(),
             steps=self.steps.value() or None,
-            model=self.model.currentText().strip() or "tiny",
+            model=self.model.currentText().strip() or DEFAULT_MODEL,
             quant=MEMORY_PRESETS[self.memory.currentText()],
             codec=QUALITY_PRESETS[self.quality.currentText()],
             mode=self.mode.currentData(),

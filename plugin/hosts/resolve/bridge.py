@@ -45,6 +45,7 @@ from urllib.parse import unquote, urlsplit
 
 import opentimelineio as otio
 
+from magic141.engine.jobspec import DEFAULT_MODEL
 from magic141.plugin import timeline as tl
 
 PLAN_VERSION = 1
@@ -177,7 +178,7 @@ def work_copy(exported: Path, root: Path) -> Path:
 
 
 def edit(exported: Path, plan_path: Path, *, action: str, mode: str, home: str | None = None,
-         seconds: Fraction = Fraction(5), model: str = "tiny") -> dict:
+         seconds: Fraction = Fraction(5), model: str = DEFAULT_MODEL) -> dict:
     """Copy the exported timeline, let the editor work on it, write and return the plan."""
     from magic141.engine import home as home_dir
 

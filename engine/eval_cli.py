@@ -1,0 +1,233 @@
+"""``magic141 eval``: score a world-trained model against the procedural world's ground truth.
+
+    magic141 eval [--model world] [--quick] [--json] [--out scores.json]
+
+Everything runs through the engine's own ``Magic141Pipeline`` (and, for text-to-video, the engine's
+text-to-image stage), on held-out world states:
+
+1. Steps (the paper's Table 1 at toy scale): the many-step teacher with Euler, the teacher with 8
+   and 4 Euler steps, and the DMD2 students with 8 and 4 steps, on image-to-video.
+2. Precision: the default 4-step student with fp32 (or bf16 on CUDA) compute, bf16, int8 and fp8
+   weights (``engine/quant.py``).
+3. Text-to-video: the text-to-image model's first frame, then the 4-step student.
+4. A 60-second sliding-window run: background and object colour drift, object still found.
+
+``--quick`` scores 8 clips per row and one long run (under 5 minutes on a CPU); the default scores
+48 clips and three long runs. Parsing stays torch-free so ``magic141 --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+QUICK_CLIPS = 8
+FULL_CLIPS = 48
+TEACHER_STEPS = 50
+LONG_SECONDS = 60
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval", help="score the world model against the procedural world's ground truth"
+    )
+    parser.add_argument("--model", default="world", help="world, or a folder written by engine/train/export")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_CLIPS} clips per row, one long run")
+    parser.add_argument("--clips", type=int, help="clips per row (overrides --quick's and the default count)")
+    parser.add_argument("--long-runs", type=int, help="how many 60-second runs (default: 1 quick, 3 full)")
+    parser.add_argument("--long-seconds", type=int, default=LONG_SECONDS, help="length of each long run")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON to this file")
+    parser.set_defaults(handler=run_eval)
+
+
+def _rows_table(title: str, rows: list[dict]) -> str:
+    head = (
+        "| variant | steps | PSNR first (dB) | trajectory (px) | direction | colour | found | flicker "
+        "| s/clip |"
+    )
+    lines = [f"### {title}", "", head, "|" + " --- |" * 9]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['steps']} | {_f(r['psnr_first'], 2)} | {_f(r['trajectory_px'], 2)} | "
+            f"{_f(r['direction_ok'], 3)} | {_f(r['colour_ok'], 3)} | {_f(r['found'], 3)} | "
+            f"{_f(r['flicker'], 2)} | {_f(r.get('seconds_per_clip'), 3)} |"
+        )
+    return "\n".join(lines)
+
+
+def _f(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _long_table(runs: list[dict]) -> str:
+    keys = [k for k in runs[0] if k not in ("seconds", "windows")]
+    lines = [
+        "### Sliding window",
+        "",
+        "| run | seconds | windows | " + " | ".join(keys) + " |",
+        "|" + " --- |" * (3 + len(keys)),
+    ]
+    for i, r in enumerate(runs, 1):
+        lines.append(
+            f"| {i} | {r['seconds']} | {r['windows']} | " + " | ".join(str(r[k]) for k in keys) + " |"
+        )
+    return "\n".join(lines)
+
+
+def run_eval(args) -> int:
+    from .quant import import_torchao_quietly
+
+    import_torchao_quietly()
+    result = evaluate(
+        args.model,
+        clips=args.clips or (QUICK_CLIPS if args.quick else FULL_CLIPS),
+        long_runs=args.long_runs if args.long_runs is not None else (1 if args.quick else 3),
+        long_seconds=args.long_seconds,
+        device=args.device,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.out:
+        from .train.common import write_json_atomic
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out, result)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(_rows_table("Steps (image-to-video)", result["steps"]))
+        print()
+        print(_rows_table("Precision (DMD2 4-step)", result["precision"]))
+        print()
+        print(_rows_table("Text-to-video (text-to-image first frame, then DMD2 4-step)", result["t2v"]))
+        print()
+        if result["long"]:
+            print(_long_table(result["long"]))
+            print()
+        print(f"{result['clips']} clips per row on {result['device']}, {result['seconds']:.0f} s in all")
+    return 0
+
+
+def _variant_transformer(folder: Path, name: str, dtype):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    path = folder / "variants" / name
+    if not (path / "config.json").is_file():
+        return None
+    return HunyuanVideoTransformer3DModel.from_pretrained(path, local_files_only=True, dtype=dtype).eval()
+
+
+def evaluate(
+    model: str,
+    *,
+    clips: int,
+    long_runs: int,
+    long_seconds: int = LONG_SECONDS,
+    device=None,
+    progress=lambda line: None,
+) -> dict:
+    """All four sections as JSON-ready dicts (see the module docstring)."""
+    import copy
+
+    import torch
+
+    from .errors import InvalidInput
+    from .generate import _model_width
+    from .models import WORLD, WORLD_DIR, load_model
+    from .pipeline import Magic141Pipeline
+    from .quant import DEFAULT_MIN_FEATURES, quantize
+    from .train import evaluate as ev
+
+    if clips < 1:
+        raise InvalidInput(f"--clips must be at least 1, got {clips}")
+    folder = WORLD_DIR if model == WORLD else Path(model).expanduser()
+    if not (folder / "training.json").is_file():
+        raise InvalidInput(
+            f"--model {model}: magic141 eval scores models trained on the procedural world "
+            "(--model world, or a folder written by engine/train/export); this one has no training.json"
+        )
+    started = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    loaded = load_model(str(folder), device=device)
+    info = loaded.components
+    height, width = loaded.info.default_size
+    frames = loaded.info.window_frames
+    dtype = info["transformer"].dtype
+    cases = ev.eval_cases(clips, height=height, width=width, frames=frames)
+    student = info["transformer"]
+
+    def pipe_with(transformer):
+        parts = {**info, "transformer": transformer}
+        return Magic141Pipeline(**parts, device=device)
+
+    def row(variant: str, transformer, steps: int) -> dict:
+        scores_, per_clip = ev.run_i2v(pipe_with(transformer), cases, steps=steps, frames=frames)
+        progress(
+            f"{variant}, {steps} steps: PSNR {scores_.psnr_first:.2f} dB, trajectory "
+            f"{scores_.trajectory_px:.2f} px, direction {scores_.direction_ok:.2f}"
+        )
+        return {
+            "variant": variant,
+            "steps": steps,
+            **scores_.to_json(),
+            "seconds_per_clip": round(per_clip, 4),
+        }
+
+    teacher = _variant_transformer(folder, "transformer_teacher", dtype)
+    eight = _variant_transformer(folder, "transformer_8step", dtype)
+    steps_rows = []
+    if teacher is not None:
+        steps_rows += [row("teacher, Euler", teacher, n) for n in (TEACHER_STEPS, 8, 4)]
+    if eight is not None:
+        steps_rows.append(row("DMD2 student", eight, 8))
+    steps_rows.append(row("DMD2 student", student, 4))
+
+    base = "bf16" if dtype == torch.bfloat16 else "fp32"
+    precision_rows = [{**steps_rows[-1], "variant": f"DMD2 4-step, {base}"}]
+    if base == "fp32":
+        precision_rows.append(row("DMD2 4-step, bf16", copy.deepcopy(student).to(torch.bfloat16), 4))
+    for mode in ("int8", "fp8"):
+        quantised = copy.deepcopy(student).cpu()
+        quantize(
+            quantised,
+            mode,
+            compute_dtype=dtype,
+            min_features=min(DEFAULT_MIN_FEATURES, _model_width(quantised)),
+        )
+        precision_rows.append(row(f"DMD2 4-step, {mode} weights", quantised.to(device), 4))
+
+    t2v_rows = []
+    if (folder / "t2i" / "model_index.json").is_file():
+        from .t2i import load_t2i
+
+        t2i = load_t2i(str(folder / "t2i"), device=device)
+        t2v = ev.run_t2v(t2i, pipe_with(student), cases, steps=4, frames=frames)
+        progress(f"text-to-video: colour {t2v.colour_ok:.2f}, direction {t2v.direction_ok:.2f}")
+        t2v_rows.append({"variant": "T2I + DMD2 student", "steps": 4, **t2v.to_json()})
+
+    long_rows = []
+    for case in cases[:long_runs]:
+        long_rows.append(
+            ev.run_long(pipe_with(student), case, seconds=long_seconds, window_frames=frames, steps=4)
+        )
+        progress(f"{long_seconds} s run: background drift {long_rows[-1]['background_drift']}")
+
+    return {
+        "model": loaded.info.name,
+        "device": str(device),
+        "clips": clips,
+        "frames": frames,
+        "size": [height, width],
+        "steps": steps_rows,
+        "precision": precision_rows,
+        "t2v": t2v_rows,
+        "long": long_rows,
+        "seconds": round(time.perf_counter() - started, 1),
+    }

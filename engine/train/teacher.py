@@ -1,0 +1,189 @@
+"""Stage 2: train the many-step teacher DiT (``HunyuanVideoTransformer3DModel``, latent concat) with
+flow matching on VAE latents of world clips.
+
+    python -m magic141.engine.train.teacher --run-dir runs/teacher --vae-run runs/vae --steps 3000
+    torchrun --nproc_per_node=4 -m magic141.engine.train.teacher --run-dir runs/teacher --vae-run runs/vae
+
+The first run encodes a pool of clips with the trained VAE (``run/pool/``, reused on resume and by
+the distillation stage). Each sample is image-to-video, a sliding-window continuation, or (with the
+image dropped) text-to-video; see ``flow.py``. The weights kept are an exponential moving average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from . import common
+from .components import build_dit, build_vae, frozen_text_components
+from .data import CaptionPooler, LatentPool, TextFeatures, build_pool
+from . import flow
+from .flow import EMA, TextConditionedDiT, draw_modes, fm_loss, make_batch
+from .vae import lr_at
+
+MODE_WEIGHTS = {"i2v": 0.6, "continue": 0.25, "t2v": 0.15}
+
+
+def load_trained_vae(vae_run: Path, device="cpu"):
+    vae = build_vae()
+    vae.load_state_dict(common.load_weights(vae_run, "vae"))
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def trained_text_components(teacher_run: Path) -> dict:
+    """The frozen text components with the CLIP text model the teacher trained (its EMA)."""
+    text = frozen_text_components()
+    text["text_encoder_2"].load_state_dict(common.load_weights(teacher_run, "ema_clip"))
+    return text
+
+
+@torch.no_grad()
+def refresh_pooled(pool: LatentPool, text: dict) -> LatentPool:
+    """Recompute the pool's pooled vectors with ``text``'s CLIP (the trained one)."""
+    pool.pooled = CaptionPooler(text["text_encoder_2"], text["tokenizer_2"], pool.captions)().cpu()
+    return pool
+
+
+def ensure_pool(
+    run_dir: Path, vae_run: Path, count: int, seed: int, frames: int, dist: common.Dist
+) -> LatentPool:
+    """The run's latent pool: built by rank 0 on the first run, loaded by every rank after."""
+    folder = Path(run_dir) / "pool"
+    if dist.main and not (folder / "pool.json").is_file():
+        vae = load_trained_vae(vae_run, dist.device)
+        features = TextFeatures(frozen_text_components(), dist.device)
+        build_pool(vae, features, count, seed, frames).save(folder)
+    if dist.world > 1:
+        torch.distributed.barrier()
+    return LatentPool.load(folder)
+
+
+def train(
+    run_dir: Path,
+    vae_run: Path,
+    *,
+    steps: int,
+    batch: int = 16,
+    lr: float = 5e-4,
+    pool_size: int = 4096,
+    frames: int = 25,
+    seed: int = 0,
+    ema_decay: float = 0.999,
+    warmup: int = 100,
+    object_weight: float = 4.0,
+    stale_captions: bool = False,
+    device: str | None = None,
+    threads: int | None = None,
+    checkpoint_every: int = 250,
+    quiet: bool = False,
+    stop_at: int | None = None,
+) -> dict:
+    dist = common.setup(device, threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pool = ensure_pool(run_dir, vae_run, pool_size, seed, frames, dist)
+    text = frozen_text_components()
+    pooler = CaptionPooler(text["text_encoder_2"].requires_grad_(True), text["tokenizer_2"], pool.captions)
+    net = TextConditionedDiT(build_dit(seed), pooler).to(dist.device).train()
+    ema = EMA(net, ema_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
+    start, wall = 0, 0.0
+    saved = {"dit": net.dit, "clip": net.pooler.clip, "ema": ema.module.dit, "ema_clip": ema.module.pooler.clip}
+    if (folder := common.latest_checkpoint(run_dir)) is not None:
+        state = common.load_checkpoint(folder, saved, {"dit": optimizer})
+        start, wall = state["step"], state["meta"]["wall_seconds"]
+    model = common.wrap(net, dist)
+    log = common.RunLog(run_dir, dist, quiet=quiet)
+    clock = time.perf_counter()
+    values: dict = {}
+    for step in range(start, min(steps, stop_at or steps)):
+        rng = common.step_rng(seed, step)
+        rows = common.shard(rng.integers(len(pool), size=batch), dist)
+        modes = common.shard(draw_modes(rng, batch, MODE_WEIGHTS), dist)
+        data = make_batch(pool, rows, list(modes), stale_captions=stale_captions).to(dist.device)
+        weight = flow.object_weight(pool, rows, object_weight).to(dist.device) if object_weight else None
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup=warmup)
+        loss = fm_loss(model, data, data.x0, common.step_generator(seed, step, dist.rank), weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        ema.update(net, step)
+        values = {"loss": common.mean_across(float(loss.detach()), dist)}
+        log(step + 1, **values)
+        done = step + 1
+        if dist.main and (done % checkpoint_every == 0 or done in (steps, stop_at)):
+            meta = {
+                "stage": "teacher",
+                "wall_seconds": wall + time.perf_counter() - clock,
+                "device": str(dist.device),
+                "world_size": dist.world,
+                "threads": torch.get_num_threads(),
+                "batch": batch,
+                "lr": lr,
+                "seed": seed,
+                "steps": steps,
+                "pool_size": len(pool),
+                "scaling_factor": pool.scaling_factor,
+                "ema_decay": ema_decay,
+                "object_weight": object_weight,
+                "stale_captions": stale_captions,
+                "mode_weights": MODE_WEIGHTS,
+            }
+            common.save_checkpoint(run_dir, done, saved, {"dit": optimizer}, meta)
+    common.teardown()
+    return {**values, "wall_seconds": wall + time.perf_counter() - clock}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m magic141.engine.train.teacher", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
+    )
+    parser.add_argument("--vae-run", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=16, help="global batch (split across ranks)")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--pool-size", type=int, default=4096)
+    parser.add_argument("--frames", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's cells")
+    parser.add_argument("--stale-captions", action="store_true", help="prompt continuations with older captions")
+    parser.add_argument("--device")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument(
+        "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
+    )
+    args = parser.parse_args(argv)
+    print(
+        train(
+            args.run_dir,
+            args.vae_run,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            pool_size=args.pool_size,
+            frames=args.frames,
+            seed=args.seed,
+            ema_decay=args.ema,
+            object_weight=args.object_weight,
+            stale_captions=args.stale_captions,
+            device=args.device,
+            threads=args.threads,
+            checkpoint_every=args.checkpoint_every,
+            stop_at=args.stop_at,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The training scripts run end to end on a tiny budget: losses fall, runs resume exactly, torchrun works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from magic141.engine.train import common, dmd2, t2i, teacher, vae
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+
+def losses(run: Path, key: str) -> list[float]:
+    return [r[key] for r in common.read_log(run) if key in r]
+
+
+def falls(values: list[float], n: int = 5) -> bool:
+    return float(np.mean(values[-n:])) < 0.8 * float(np.mean(values[:n]))
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("vae")
+    vae.train(run, steps=30, batch=2, frames=5, threads=1, checkpoint_every=15, quiet=True)
+    return run
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory, vae_run) -> Path:
+    run = tmp_path_factory.mktemp("teacher")
+    teacher.train(
+        run, vae_run, steps=30, batch=4, lr=1e-3, warmup=5, pool_size=12, frames=9, threads=1,
+        checkpoint_every=15, quiet=True,
+    )
+    return run
+
+
+def test_the_vae_learns_and_checkpoints_atomically(vae_run):
+    assert falls(losses(vae_run, "rec"))
+    latest = json.loads((vae_run / "latest.json").read_text())
+    assert latest == {"step": 30, "folder": "step-0000030"}
+    state = json.loads((vae_run / "step-0000030" / "state.json").read_text())
+    assert state["meta"]["device"] == "cpu" and state["meta"]["wall_seconds"] > 0
+    assert not list(vae_run.glob(".partial-*"))
+
+
+def test_the_teacher_learns_flow_matching_on_encoded_world_clips(teacher_run):
+    assert falls(losses(teacher_run, "loss"))
+    pool = json.loads((teacher_run / "pool" / "pool.json").read_text())
+    assert len(pool["states"]) == 12 and pool["scaling_factor"] > 0
+    assert all(c.startswith("a ") and " moves " in c for c in pool["captions"])
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, vae_run):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    kwargs = dict(batch=2, pool_size=6, frames=5, threads=1, checkpoint_every=3, quiet=True)
+    teacher.train(straight, vae_run, steps=6, **kwargs)
+    teacher.train(resumed, vae_run, steps=6, stop_at=3, **kwargs)  # "interrupted" after step 3
+    assert json.loads((resumed / "latest.json").read_text())["step"] == 3
+    teacher.train(resumed, vae_run, steps=6, **kwargs)
+    a = load_file(straight / "step-0000006" / "model-dit.safetensors")
+    b = load_file(resumed / "step-0000006" / "model-dit.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_text_to_image_model_learns_its_vae_then_its_transformer(tmp_path):
+    run = tmp_path / "t2i"
+    t2i.train(run, steps=36, vae_steps=24, batch=4, threads=1, checkpoint_every=12, quiet=True)
+    assert falls(losses(run, "vae_loss"))
+    assert len(losses(run, "loss")) == 12
+    meta = json.loads((run / "step-0000036" / "state.json").read_text())["meta"]
+    assert meta["vae_factors"]["scaling_factor"] > 0
+
+
+def test_dmd2_distils_the_teacher_into_a_few_step_student(tmp_path, teacher_run, vae_run):
+    run = tmp_path / "dmd2"
+    dmd2.train(
+        run,
+        teacher_run,
+        vae_run,
+        iterations=4,
+        student_steps=2,
+        batch=2,
+        eval_every=2,
+        eval_clips=2,
+        threads=1,
+        checkpoint_every=2,
+        quiet=True,
+    )
+    log = common.read_log(run)
+    assert [r["step"] for r in log if "eval_valid" in r] == [0, 2, 4]
+    assert all(np.isfinite(r["dm"]) and np.isfinite(r["fake_fm"]) for r in log if "dm" in r)
+    student = load_file(run / "step-0000004" / "model-student.safetensors")
+    start = load_file(common.latest_checkpoint(teacher_run) / "model-ema.safetensors")
+    assert any(not torch.equal(student[k], start[k]) for k in start)  # the student moved off the teacher
+    fake = load_file(run / "step-0000004" / "model-fake.safetensors")
+    assert any(k.startswith("head.") for k in fake)  # the GAN head lives on the fake-score network
+
+
+def test_dmd2_refuses_an_unknown_task(tmp_path, teacher_run, vae_run):
+    with pytest.raises(ValueError, match="task must be one of i2v, t2v"):
+        dmd2.train(tmp_path, teacher_run, vae_run, iterations=1, task="v2v")
+
+
+def test_training_runs_under_torchrun_with_two_processes(tmp_path, vae_run):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "magic141.engine.train.teacher",
+            "--run-dir",
+            str(run),
+            "--vae-run",
+            str(vae_run),
+            "--steps",
+            "4",
+            "--batch",
+            "4",
+            "--pool-size",
+            "6",
+            "--frames",
+            "5",
+            "--threads",
+            "1",
+            "--checkpoint-every",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads((run / "step-0000004" / "state.json").read_text())
+    assert state["meta"]["world_size"] == 2
+    assert len(losses(run, "loss")) == 4  # rank 0 logs once per step
