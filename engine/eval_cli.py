@@ -7,9 +7,9 @@ text-to-image stage), on held-out world states:
 
 1. Steps (the paper's Table 1 at toy scale): the many-step teacher with Euler, the teacher with 8
    and 4 Euler steps, and the DMD2 students with 8 and 4 steps, on image-to-video.
-2. Precision: the default 4-step student with fp32 (or bf16 on CUDA) compute, bf16, int8 and fp8
+2. Precision: the model's default transformer (4 steps) with fp32 (or bf16 on CUDA) compute, bf16, int8 and fp8
    weights (``engine/quant.py``).
-3. Text-to-video: the text-to-image model's first frame, then the 4-step student.
+3. Text-to-video: the text-to-image model's first frame, then the default transformer.
 4. A 60-second sliding-window run: background and object colour drift, object still found.
 
 ``--quick`` scores 8 clips per row and one long run (under 5 minutes on a CPU); the default scores
@@ -104,9 +104,9 @@ def run_eval(args) -> int:
     else:
         print(_rows_table("Steps (image-to-video)", result["steps"]))
         print()
-        print(_rows_table("Precision (DMD2 4-step)", result["precision"]))
+        print(_rows_table(f"Precision (default: {result['default']}, 4 steps)", result["precision"]))
         print()
-        print(_rows_table("Text-to-video (text-to-image first frame, then DMD2 4-step)", result["t2v"]))
+        print(_rows_table("Text-to-video (text-to-image first frame, then the default, 4 steps)", result["t2v"]))
         print()
         if result["long"]:
             print(_long_table(result["long"]))
@@ -161,7 +161,8 @@ def evaluate(
     frames = loaded.info.window_frames
     dtype = info["transformer"].dtype
     cases = ev.eval_cases(clips, height=height, width=width, frames=frames)
-    student = info["transformer"]
+    default = info["transformer"]  # what the model runs by default: see its magic141.json
+    default_name = json.loads((folder / "magic141.json").read_text()).get("default_transformer", "dmd2")
 
     def pipe_with(transformer):
         parts = {**info, "transformer": transformer}
@@ -180,47 +181,52 @@ def evaluate(
             "seconds_per_clip": round(per_clip, 4),
         }
 
-    teacher = _variant_transformer(folder, "transformer_teacher", dtype)
+    variant = {"teacher": "transformer_teacher", "dmd2": "transformer_4step"}  # transformer/ holds the default
+    teacher, four = (default if default_name == name else _variant_transformer(folder, variant[name], dtype)
+                     for name in ("teacher", "dmd2"))
     eight = _variant_transformer(folder, "transformer_8step", dtype)
     steps_rows = []
     if teacher is not None:
         steps_rows += [row("teacher, Euler", teacher, n) for n in (TEACHER_STEPS, 8, 4)]
     if eight is not None:
         steps_rows.append(row("DMD2 student", eight, 8))
-    steps_rows.append(row("DMD2 student", student, 4))
+    steps_rows.append(row("DMD2 student", four, 4))
+    same = ("teacher, Euler", 4) if default_name == "teacher" else ("DMD2 student", 4)
+    default_row = next(r for r in steps_rows if (r["variant"], r["steps"]) == same)
 
     base = "bf16" if dtype == torch.bfloat16 else "fp32"
-    precision_rows = [{**steps_rows[-1], "variant": f"DMD2 4-step, {base}"}]
+    precision_rows = [{**default_row, "variant": f"default, {base}"}]
     if base == "fp32":
-        precision_rows.append(row("DMD2 4-step, bf16", copy.deepcopy(student).to(torch.bfloat16), 4))
+        precision_rows.append(row("default, bf16", copy.deepcopy(default).to(torch.bfloat16), 4))
     for mode in ("int8", "fp8"):
-        quantised = copy.deepcopy(student).cpu()
+        quantised = copy.deepcopy(default).cpu()
         quantize(
             quantised,
             mode,
             compute_dtype=dtype,
             min_features=min(DEFAULT_MIN_FEATURES, _model_width(quantised)),
         )
-        precision_rows.append(row(f"DMD2 4-step, {mode} weights", quantised.to(device), 4))
+        precision_rows.append(row(f"default, {mode} weights", quantised.to(device), 4))
 
     t2v_rows = []
     if (folder / "t2i" / "model_index.json").is_file():
         from .t2i import load_t2i
 
         t2i = load_t2i(str(folder / "t2i"), device=device)
-        t2v = ev.run_t2v(t2i, pipe_with(student), cases, steps=4, frames=frames)
+        t2v = ev.run_t2v(t2i, pipe_with(default), cases, steps=4, frames=frames)
         progress(f"text-to-video: colour {t2v.colour_ok:.2f}, direction {t2v.direction_ok:.2f}")
-        t2v_rows.append({"variant": "T2I + DMD2 student", "steps": 4, **t2v.to_json()})
+        t2v_rows.append({"variant": "T2I + default", "steps": 4, **t2v.to_json()})
 
     long_rows = []
     for case in cases[:long_runs]:
         long_rows.append(
-            ev.run_long(pipe_with(student), case, seconds=long_seconds, window_frames=frames, steps=4)
+            ev.run_long(pipe_with(default), case, seconds=long_seconds, window_frames=frames, steps=4)
         )
         progress(f"{long_seconds} s run: background drift {long_rows[-1]['background_drift']}")
 
     return {
         "model": loaded.info.name,
+        "default": default_name,
         "device": str(device),
         "clips": clips,
         "frames": frames,

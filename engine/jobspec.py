@@ -33,7 +33,7 @@ QUANTS = ("none", "int8", "fp8")
 CODEC_SUFFIX = {codec: suffix for codec, (_, _, suffix, _) in CODECS.items()}
 MAX_SECONDS = 3600
 BUILTIN_MODELS = ("world", "tiny")  # built into the engine (engine/models.py); any other model is a path
-DEFAULT_MODEL = "tiny"  # trained on the procedural world (resources/world); "tiny" is random weights
+DEFAULT_MODEL = "world"  # trained on the procedural world (resources/world); "tiny" is random weights
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,120}$")
 
 

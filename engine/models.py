@@ -1,8 +1,8 @@
 """Where weights come from, chosen by ``--model``.
 
 1. ``tiny``: the real architecture in miniature, random from a fixed seed (see ``tiny.py``).
-   ``world``: the same classes at toy size, trained and step-distilled on the procedural world
-   (``world.py``) by ``engine/train``; a diffusers directory shipped in ``resources/world``.
+   ``world``: the same classes at toy size, trained on the procedural world (``world.py``) by
+   ``engine/train``; a diffusers directory shipped in ``resources/world``, with its card.
 2. A local diffusers-format directory (e.g. a copy of ``hunyuanvideo-community/HunyuanVideo-I2V-33ch``),
    loaded with ``local_files_only``. An optional ``magic141.json`` beside ``model_index.json`` says
    how the weights were trained (``{"distilled": true, "conditioning": "magic141"}``).
@@ -96,9 +96,11 @@ def _read_sidecar(directory: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{path} is not valid JSON: {exc}") from exc
-    unknown = set(data) - {"distilled", "conditioning", "native_fps", "window_frames", "default_size", "name"}
+    unknown = set(data) - {"distilled", "conditioning", "native_fps", "window_frames", "default_size", "name",
+                           "default_transformer"}
     if unknown:
         raise InvalidInput(f"{path} has unknown keys {sorted(unknown)}")
+    data.pop("default_transformer", None)  # which trained DiT transformer/ holds: for `magic141 eval` and the card
     if "native_fps" in data:
         data["native_fps"] = Fraction(data["native_fps"])
     if "default_size" in data:

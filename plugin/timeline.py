@@ -374,9 +374,8 @@ def save_timeline(doc: TimelineDoc, out: str | os.PathLike | None = None) -> Pat
 
 
 def _staging_dir(target: Path) -> Path:
-    if not target.parent.is_dir():
-        raise TimelineError(f"cannot save {target}: folder {target.parent} does not exist")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # `--out renders/cut.otio` makes renders/
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as exc:
         raise TimelineError(f"cannot save {target}: {exc.strerror or exc} (read-only storage? save elsewhere "

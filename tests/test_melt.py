@@ -89,7 +89,7 @@ def test_melt_shows_the_generated_clip_exactly_where_the_timeline_puts_it(tmp_pa
         return outcome.result
 
     result = extend_clip(ntsc_timeline(tmp_path, plate), "Plate A", prompt="a red ball rolls", seconds=Fraction(1, 2),
-                         run_job=run_job, out=tmp_path / "cut.mlt")
+                         run_job=run_job, out=tmp_path / "cut.mlt", model="tiny")
     assert result.timeline == tmp_path / "cut.mlt" and result.start.to_frames() == 36
     document = ET.parse(result.timeline).getroot()
     profile = document.find("profile")

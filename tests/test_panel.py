@@ -102,6 +102,8 @@ def test_extend_undo_cancel_and_generate_from_text_in_the_panel(qtbot, panel, sa
 
     qtbot.keyClicks(panel.prompt.prompt, PROMPT)
     panel.prompt.seconds.setValue(1.0)
+    assert panel.prompt.model.currentText() == "world"  # the default; this test runs the random one
+    panel.prompt.model.setCurrentText("tiny")
 
     # A heartbeat on the UI thread: the longest gap between beats is the longest stall.
     beats: list[float] = [time.perf_counter()]

@@ -23,7 +23,8 @@ SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "
 
 def spec(out_dir: Path, seconds: str = "1", **extra) -> dict:
     return {"version": 1, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)}, "prompt": "a red ball rolls",
-            "seconds": seconds, "fps": "24000/1001", "height": 32, "width": 48, "output_dir": str(out_dir), **extra}
+            "seconds": seconds, "fps": "24000/1001", "height": 32, "width": 48, "output_dir": str(out_dir), "model": "tiny",
+            **extra}
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -244,3 +245,24 @@ def check_positive(name: str, value: int) -> int:
     if value < 1:
         raise InvalidInput(f"{name} must be at least 1, got {value}")
     return value
+
+
+def stage_parser(module: str, doc: str, *, checkpoint_every: int) -> argparse.ArgumentParser:
+    """A training stage's command line, with the options every stage shares (``stage_options``)."""
+    parser = argparse.ArgumentParser(prog=f"python -m magic141.engine.train.{module}", description=doc.split("\n")[0])
+    parser.add_argument(
+        "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--checkpoint-every", type=int, default=checkpoint_every)
+    parser.add_argument(
+        "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
+    )
+    return parser
+
+
+def stage_options(args: argparse.Namespace) -> dict:
+    """The shared options of ``stage_parser`` as keyword arguments of a stage's ``train``."""
+    return {key: getattr(args, key) for key in ("seed", "device", "threads", "checkpoint_every", "stop_at")}

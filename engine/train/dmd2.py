@@ -27,7 +27,6 @@ conditions are decoded and scored (``evaluate.py``) into ``log.jsonl``: the conv
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -297,12 +296,7 @@ def _evaluate(student, vae, held: LatentPool, task: str, steps: int, shift: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m magic141.engine.train.dmd2", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
-    )
+    parser = common.stage_parser("dmd2", __doc__, checkpoint_every=100)
     parser.add_argument("--teacher-run", type=Path, required=True)
     parser.add_argument("--vae-run", type=Path, required=True)
     parser.add_argument("--iterations", type=int, default=600)
@@ -313,15 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fake-lr", type=float, default=1e-4)
     parser.add_argument("--fake-updates", type=int, default=2)
     parser.add_argument("--gan-weight", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-clips", type=int, default=32)
-    parser.add_argument("--device")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument(
-        "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
-    )
     args = parser.parse_args(argv)
     print(
         train(
@@ -336,13 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             fake_lr=args.fake_lr,
             fake_updates=args.fake_updates,
             gan_weight=args.gan_weight,
-            seed=args.seed,
             eval_every=args.eval_every,
             eval_clips=args.eval_clips,
-            device=args.device,
-            threads=args.threads,
-            checkpoint_every=args.checkpoint_every,
-            stop_at=args.stop_at,
+            **common.stage_options(args),
         )
     )
     return 0

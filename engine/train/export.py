@@ -6,9 +6,11 @@
 The folder is a ``HunyuanVideoImageToVideoPipeline`` directory that ``models.load_model`` loads
 like any other (``--model world`` names it), with:
 
-* ``transformer/``: the 4-step DMD2 student (the default), ``magic141.json`` saying so;
-* ``variants/transformer_8step/`` and ``variants/transformer_teacher/``: the 8-step student and the
-  many-step teacher (EMA), for ``magic141 eval``; the pipeline loader ignores folders it is not told of;
+* ``transformer/``: the default DiT, run with 4 steps and no CFG: the 4-step DMD2 student, or with
+  ``--default teacher`` the teacher with 4 Euler steps (whichever ``magic141 eval`` scores better);
+  ``magic141.json`` says which;
+* ``variants/transformer_{teacher,4step,8step}/``: the teacher (EMA) and the 4- and 8-step students,
+  but not the one in ``transformer/``, for ``magic141 eval``; the pipeline loader ignores folders it is not told of;
 * ``t2i/``: the text-to-image ``FluxPipeline`` for first frames;
 * ``training.json``: what each stage ran (steps, wall time, device), read by the model card.
 
@@ -39,6 +41,7 @@ from .data import LatentPool
 from .teacher import trained_text_components
 
 STORE_DTYPE = torch.float16
+DEFAULTS = ("dmd2", "teacher")  # which DiT goes in transformer/
 SIDECAR = {
     "name": "world",
     "distilled": True,
@@ -80,7 +83,10 @@ def export(
     student_run: Path,
     student8_run: Path | None,
     t2i_run: Path | None,
+    default: str = "dmd2",
 ) -> Path:
+    if default not in DEFAULTS:
+        raise ValueError(f"default must be one of {', '.join(DEFAULTS)}, got {default!r}")
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, HunyuanVideoImageToVideoPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -97,7 +103,7 @@ def export(
     vae.register_to_config(scaling_factor=pool.scaling_factor)
     text = trained_text_components(teacher_run)
     pipe = HunyuanVideoImageToVideoPipeline(
-        transformer=_dit_from(student_run, "student"),
+        transformer=_dit_from(student_run, "student") if default == "dmd2" else _dit_from(teacher_run, "ema"),
         vae=vae.eval(),
         text_encoder=text["text_encoder"],
         tokenizer=text["tokenizer"],
@@ -108,9 +114,12 @@ def export(
     )
     _cast(*(c for c in pipe.components.values() if isinstance(c, torch.nn.Module)))
     pipe.save_pretrained(staging, safe_serialization=True)
-    (staging / "magic141.json").write_text(json.dumps(SIDECAR, indent=1) + "\n")
+    (staging / "magic141.json").write_text(json.dumps({**SIDECAR, "default_transformer": default}, indent=1) + "\n")
     variants = staging / "variants"
-    _save_dit(_dit_from(teacher_run, "ema"), variants / "transformer_teacher")
+    if default != "teacher":  # no second copy of the DiT that transformer/ holds
+        _save_dit(_dit_from(teacher_run, "ema"), variants / "transformer_teacher")
+    if default != "dmd2":
+        _save_dit(_dit_from(student_run, "student"), variants / "transformer_4step")
     training = {
         "vae": _run_summary(vae_run),
         "teacher": _run_summary(teacher_run),
@@ -164,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-run", type=Path, required=True)
     parser.add_argument("--teacher-run", type=Path, required=True)
     parser.add_argument(
-        "--student-run", type=Path, required=True, help="the 4-step DMD2 run (the default model)"
+        "--student-run", type=Path, required=True, help="the 4-step DMD2 run"
     )
     parser.add_argument("--student8-run", type=Path)
     parser.add_argument("--t2i-run", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--default", choices=DEFAULTS, default="dmd2", help="the DiT in transformer/ (see above)")
     args = parser.parse_args(argv)
     print(
         export(
@@ -178,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             student_run=args.student_run,
             student8_run=args.student8_run,
             t2i_run=args.t2i_run,
+            default=args.default,
         )
     )
     return 0

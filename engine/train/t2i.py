@@ -16,7 +16,6 @@ that ``t2i.generate_first_frame`` uses for schnell-like pipelines, in training a
 
 from __future__ import annotations
 
-import argparse
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -268,23 +267,11 @@ class _VAELoss(torch.nn.Module):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m magic141.engine.train.t2i", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
-    )
+    parser = common.stage_parser("t2i", __doc__, checkpoint_every=250)
     parser.add_argument("--steps", type=int, default=4000, help="total steps, the VAE's included")
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument(
-        "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
-    )
     args = parser.parse_args(argv)
     print(
         train(
@@ -293,11 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             vae_steps=args.vae_steps,
             batch=args.batch,
             lr=args.lr,
-            seed=args.seed,
-            device=args.device,
-            threads=args.threads,
-            checkpoint_every=args.checkpoint_every,
-            stop_at=args.stop_at,
+            **common.stage_options(args),
         )
     )
     return 0

@@ -11,7 +11,6 @@ image dropped) text-to-video; see ``flow.py``. The weights kept are an exponenti
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -140,28 +139,16 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m magic141.engine.train.teacher", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
-    )
+    parser = common.stage_parser("teacher", __doc__, checkpoint_every=250)
     parser.add_argument("--vae-run", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16, help="global batch (split across ranks)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--pool-size", type=int, default=4096)
     parser.add_argument("--frames", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's cells")
     parser.add_argument("--stale-captions", action="store_true", help="prompt continuations with older captions")
-    parser.add_argument("--device")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument(
-        "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
-    )
     args = parser.parse_args(argv)
     print(
         train(
@@ -172,14 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             pool_size=args.pool_size,
             frames=args.frames,
-            seed=args.seed,
             ema_decay=args.ema,
             object_weight=args.object_weight,
             stale_captions=args.stale_captions,
-            device=args.device,
-            threads=args.threads,
-            checkpoint_every=args.checkpoint_every,
-            stop_at=args.stop_at,
+            **common.stage_options(args),
         )
     )
     return 0

@@ -13,7 +13,6 @@ the VAE's temporal receptive field; the DiT stages encode 25-frame clips with it
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -116,23 +115,11 @@ def _meta(dist, wall: float, batch: int, frames: int, lr: float, seed: int, step
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m magic141.engine.train.vae", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
-    )
+    parser = common.stage_parser("vae", __doc__, checkpoint_every=200)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8, help="global batch (split across ranks)")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device")
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--checkpoint-every", type=int, default=200)
-    parser.add_argument(
-        "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
-    )
     args = parser.parse_args(argv)
     result = train(
         args.run_dir,
@@ -140,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         frames=args.frames,
         lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        checkpoint_every=args.checkpoint_every,
-        stop_at=args.stop_at,
+        **common.stage_options(args),
     )
     print(result)
     return 0
