@@ -140,14 +140,14 @@ def evaluate(
 
     from .errors import InvalidInput
     from .generate import _model_width
-    from .models import WORLD, WORLD_DIR, load_model
+    from .models import load_model, model_path
     from .pipeline import Magic141Pipeline
     from .quant import DEFAULT_MIN_FEATURES, quantize
     from .train import evaluate as ev
 
     if clips < 1:
         raise InvalidInput(f"--clips must be at least 1, got {clips}")
-    folder = WORLD_DIR if model == WORLD else Path(model).expanduser()
+    folder = model_path(model)
     if not (folder / "training.json").is_file():
         raise InvalidInput(
             f"--model {model}: magic141 eval scores models trained on the procedural world "

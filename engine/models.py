@@ -135,12 +135,17 @@ def _load_diffusers_dir(directory: Path, dtype: torch.dtype) -> dict:
     return components
 
 
+def model_path(source: str) -> Path:
+    """Where ``--model`` points: the built-in world model's folder, or the path given."""
+    return WORLD_DIR if source == WORLD else Path(source).expanduser()
+
+
 def default_t2i(model: str) -> str | None:
     """The text-to-image model that goes with ``model`` for text-to-video: ``tiny``'s own, or the
     ``t2i/`` folder shipped inside a model folder (as ``world`` has); None when there is none."""
     if model == TINY:
         return TINY
-    folder = (WORLD_DIR if model == WORLD else Path(model).expanduser()) / "t2i"
+    folder = model_path(model) / "t2i"
     return str(folder) if (folder / "model_index.json").is_file() else None
 
 
@@ -159,7 +164,7 @@ def load_model(
         from .tiny import build_tiny_components
 
         return LoadedModel(_tiny_info(), build_tiny_components())
-    path = WORLD_DIR if source == WORLD else Path(source).expanduser()
+    path = model_path(source)
     if source == WORLD and not (path / "model_index.json").is_file():
         raise InvalidInput(f"--model world: the built-in world model is missing from {path}")
     if not path.exists():

@@ -139,6 +139,23 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
     )
 
 
+def score_prompt(frames, prompt: str, first_image=None) -> ClipScores:
+    """The scores a clip with no true continuation has (text-to-video): is the prompt's object found, in
+    its colour, moving its way, tracked against the clip's own background; PSNR of the first frame
+    against ``first_image`` when given; no trajectory."""
+    frames = np.asarray(frames)
+    found = world.track(frames, world.estimate_background(frames))
+    terms = world.prompt_terms(prompt)
+    return ClipScores(
+        psnr_first=float("nan") if first_image is None else psnr(frames[0], np.asarray(first_image)),
+        trajectory_px=float("nan"),
+        direction_ok=direction_of(found.centres) == terms["direction"],
+        colour_ok=colour_of(found.colours) == terms["colour"],
+        found=float(found.found.mean()),
+        flicker=flicker(frames, found.masks),
+    )
+
+
 def summarise(scores: list[ClipScores]) -> dict[str, float]:
     """Means over clips (booleans become rates)."""
     if not scores:

@@ -21,6 +21,14 @@ from magic141.engine import home as home_dir
 from magic141.engine.errors import Magic141Error
 
 
+def progress_fraction(step: int, total: int, window: int = 1, windows: int = 1) -> float:
+    """A job's progress over all its windows, 0..1, from the step/window counts its events carry."""
+    if not total:
+        return 0.0
+    done = max(window - 1, 0) * total + step
+    return min(1.0, done / (max(windows, 1) * total))
+
+
 class EngineError(Magic141Error):
     """The service refused a request (``status`` says how) or could not be reached (status 0)."""
 

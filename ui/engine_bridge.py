@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QImage
 
-from magic141.plugin.client import EngineClient, EngineError
+from magic141.plugin.client import EngineClient, EngineError, progress_fraction
 
 from .tasks import TaskRunner, plain_error
 
@@ -76,10 +76,7 @@ class JobUpdate:
     @property
     def fraction(self) -> float:
         """Progress over all windows, 0..1."""
-        if not self.total:
-            return 0.0
-        windows = max(self.windows, 1)
-        return min(1.0, (max(self.window - 1, 0) * self.total + self.step) / (windows * self.total))
+        return progress_fraction(self.step, self.total, self.window, self.windows)
 
     @classmethod
     def from_event(cls, event: dict) -> JobUpdate:

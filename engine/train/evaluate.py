@@ -57,21 +57,8 @@ def score_i2v(frames: np.ndarray, pool: LatentPool, rows) -> TaskScores:
 
 
 def score_t2v(frames: np.ndarray, pool: LatentPool, rows) -> TaskScores:
-    per_clip = []
-    for clip, row in zip(frames, rows):
-        prompt = pool.captions[int(pool.caption_index[int(row)])]
-        terms = world.prompt_terms(prompt)
-        found = world.track(clip, world.estimate_background(clip))
-        per_clip.append(
-            scores.ClipScores(
-                psnr_first=float("nan"),
-                trajectory_px=float("nan"),
-                direction_ok=scores.direction_of(found.centres) == terms["direction"],
-                colour_ok=scores.colour_of(found.colours) == terms["colour"],
-                found=float(found.found.mean()),
-                flicker=scores.flicker(clip, found.masks),
-            )
-        )
+    per_clip = [scores.score_prompt(clip, pool.captions[int(pool.caption_index[int(row)])])
+                for clip, row in zip(frames, rows)]
     return _summary(per_clip, i2v=False)
 
 
@@ -123,6 +110,25 @@ def _uint8(frames: torch.Tensor) -> np.ndarray:
     return frames.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def _continue(pipe, image, case: Case, *, steps: int, frames: int, shift: float) -> np.ndarray:
+    """One clip from ``image`` and the case's prompt and seed, as the engine samples: CFG-free, magic141
+    conditioning; uint8 frames."""
+    height, width = case.image.shape[:2]
+    out = pipe(
+        image,
+        case.prompt,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        shift=shift,
+        guidance_scale=1.0,
+        conditioning="magic141",
+        generator=torch.Generator("cpu").manual_seed(case.seed),
+    )
+    return _uint8(out.frames)
+
+
 def run_i2v(
     pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0
 ) -> tuple[TaskScores, float]:
@@ -133,22 +139,10 @@ def run_i2v(
 
     per_clip, spent = [], 0.0
     for case in cases:
-        height, width = case.image.shape[:2]
         clock = time.perf_counter()
-        out = pipe(
-            PIL.Image.fromarray(case.image),
-            case.prompt,
-            height=height,
-            width=width,
-            num_frames=frames,
-            num_inference_steps=steps,
-            shift=shift,
-            guidance_scale=1.0,
-            conditioning="magic141",
-            generator=torch.Generator("cpu").manual_seed(case.seed),
-        )
+        clip = _continue(pipe, PIL.Image.fromarray(case.image), case, steps=steps, frames=frames, shift=shift)
         spent += time.perf_counter() - clock
-        per_clip.append(scores.score_clip(_uint8(out.frames), case.state, case.prompt, case.image))
+        per_clip.append(scores.score_clip(clip, case.state, case.prompt, case.image))
     return _summary(per_clip, i2v=True), spent / len(cases)
 
 
@@ -161,31 +155,8 @@ def run_t2v(t2i, pipe, cases: list[Case], *, steps: int, frames: int, shift: flo
     for case in cases:
         height, width = case.image.shape[:2]
         image = generate_first_frame(t2i, case.prompt, height=height, width=width, seed=case.seed)
-        out = pipe(
-            image,
-            case.prompt,
-            height=height,
-            width=width,
-            num_frames=frames,
-            num_inference_steps=steps,
-            shift=shift,
-            guidance_scale=1.0,
-            conditioning="magic141",
-            generator=torch.Generator("cpu").manual_seed(case.seed),
-        )
-        clip = _uint8(out.frames)
-        terms = world.prompt_terms(case.prompt)
-        found = world.track(clip, world.estimate_background(clip))
-        per_clip.append(
-            scores.ClipScores(
-                psnr_first=scores.psnr(clip[0], np.asarray(image)),
-                trajectory_px=float("nan"),
-                direction_ok=scores.direction_of(found.centres) == terms["direction"],
-                colour_ok=scores.colour_of(found.colours) == terms["colour"],
-                found=float(found.found.mean()),
-                flicker=scores.flicker(clip, found.masks),
-            )
-        )
+        clip = _continue(pipe, image, case, steps=steps, frames=frames, shift=shift)
+        per_clip.append(scores.score_prompt(clip, case.prompt, image))
     result = _summary(per_clip, i2v=False)
     return TaskScores(**{**result.__dict__, "psnr_first": scores.summarise(per_clip)["psnr_first"]})
 

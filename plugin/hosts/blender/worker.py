@@ -23,6 +23,7 @@ from pathlib import Path
 
 from magic141.engine.errors import Magic141Error
 from magic141.engine.jobspec import DEFAULT_MODEL
+from magic141.plugin.client import progress_fraction
 from magic141.plugin.extend import job_spec
 from magic141.plugin.markers import wait_for
 
@@ -64,15 +65,6 @@ class Update:
     fraction: float = 0.0  # progress over all windows, 0..1
     result: dict | None = None  # the engine's result when done: path, frames, fps, ...
     spec: dict | None = None  # the job spec, when done
-
-
-def progress_fraction(progress: dict | None) -> float:
-    """A job record's ``progress`` (step, total, window, windows) as 0..1 over all windows."""
-    if not progress or not progress.get("total"):
-        return 0.0
-    total, windows = int(progress["total"]), max(int(progress.get("windows") or 1), 1)
-    done = max(int(progress.get("window") or 1) - 1, 0) * total + int(progress.get("step") or 0)
-    return min(1.0, done / (windows * total))
 
 
 class ExtendWorker:
@@ -151,6 +143,7 @@ class ExtendWorker:
         elif progress.get("total"):
             windows = int(progress.get("windows") or 1)
             where = f", window {progress.get('window')}/{windows}" if windows > 1 else ""
-            self._say(f"Step {progress.get('step')}/{progress['total']}{where}", progress_fraction(progress))
+            self._say(f"Step {progress.get('step')}/{progress['total']}{where}", progress_fraction(
+                int(progress.get("step") or 0), int(progress["total"]), int(progress.get("window") or 1), windows))
         elif job["state"] == "RUNNING":
             self._say("Loading the model")
