@@ -8,7 +8,8 @@ text-to-image stage), on held-out world states:
 1. Steps (the paper's Table 1 at toy scale): the many-step teacher with Euler, the teacher with 8
    and 4 Euler steps, and the DMD2 students with 8 and 4 steps, on image-to-video.
 2. Precision: the model's default transformer (4 steps) with fp32 (or bf16 on CUDA) compute, bf16, int8 and fp8
-   weights (``engine/quant.py``).
+   weights (``engine/quant.py``); and the default's scores split by kind of motion (moving, falling,
+   spinning, under a panning or a still camera).
 3. Text-to-video: the text-to-image model's first frame, then the default transformer.
 4. A 60-second sliding-window run: background and object colour drift, object still found.
 
@@ -48,15 +49,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _rows_table(title: str, rows: list[dict]) -> str:
     head = (
-        "| variant | steps | PSNR first (dB) | trajectory (px) | direction | colour | found | flicker "
+        "| variant | steps | PSNR first (dB) | trajectory (px) | direction | colour | pan | found | flicker "
         "| s/clip |"
     )
-    lines = [f"### {title}", "", head, "|" + " --- |" * 9]
+    lines = [f"### {title}", "", head, "|" + " --- |" * 10]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['steps']} | {_f(r['psnr_first'], 2)} | {_f(r['trajectory_px'], 2)} | "
-            f"{_f(r['direction_ok'], 3)} | {_f(r['colour_ok'], 3)} | {_f(r['found'], 3)} | "
-            f"{_f(r['flicker'], 2)} | {_f(r.get('seconds_per_clip'), 3)} |"
+            f"{_f(r['direction_ok'], 3)} | {_f(r['colour_ok'], 3)} | {_f(r['pan_ok'], 3)} | "
+            f"{_f(r['found'], 3)} | {_f(r['flicker'], 2)} | {_f(r.get('seconds_per_clip'), 3)} |"
         )
     return "\n".join(lines)
 
@@ -105,6 +106,9 @@ def run_eval(args) -> int:
         print(_rows_table("Steps (image-to-video)", result["steps"]))
         print()
         print(_rows_table(f"Precision (default: {result['default']}, 4 steps)", result["precision"]))
+        print()
+        kinds_title = f"By kind of motion (default: {result['default']}, 4 steps)"
+        print(_rows_table(kinds_title, result["kinds"]))
         print()
         print(_rows_table("Text-to-video (text-to-image first frame, then the default, 4 steps)", result["t2v"]))
         print()
@@ -168,8 +172,12 @@ def evaluate(
         parts = {**info, "transformer": transformer}
         return Magic141Pipeline(**parts, device=device)
 
+    by_kind = {}
+
     def row(variant: str, transformer, steps: int) -> dict:
-        scores_, per_clip = ev.run_i2v(pipe_with(transformer), cases, steps=steps, frames=frames)
+        scores_, per_clip, by_kind[variant, steps] = ev.run_i2v(
+            pipe_with(transformer), cases, steps=steps, frames=frames
+        )
         progress(
             f"{variant}, {steps} steps: PSNR {scores_.psnr_first:.2f} dB, trajectory "
             f"{scores_.trajectory_px:.2f} px, direction {scores_.direction_ok:.2f}"
@@ -193,6 +201,12 @@ def evaluate(
     steps_rows.append(row("DMD2 student", four, 4))
     same = ("teacher, Euler", 4) if default_name == "teacher" else ("DMD2 student", 4)
     default_row = next(r for r in steps_rows if (r["variant"], r["steps"]) == same)
+    kind_rows = [
+        {"variant": f"{kind} ({len(members)} clip{'' if len(members) == 1 else 's'})", "steps": 4,
+         "clips": len(members),
+         **by_kind[same][kind].to_json()}
+        for kind, members in ev.kinds([c.state for c in cases]).items()
+    ]
 
     base = "bf16" if dtype == torch.bfloat16 else "fp32"
     precision_rows = [{**default_row, "variant": f"default, {base}"}]
@@ -233,6 +247,7 @@ def evaluate(
         "size": [height, width],
         "steps": steps_rows,
         "precision": precision_rows,
+        "kinds": kind_rows,
         "t2v": t2v_rows,
         "long": long_rows,
         "seconds": round(time.perf_counter() - started, 1),

@@ -8,9 +8,13 @@ to find the object:
   continuation, frame by frame (a frame where the object is lost counts as the frame's diagonal).
 * ``direction_of``: which of the four directions the object moves in over its first frames; the
   caption adherence score compares it with the prompt's direction.
+* ``pan_of``: which way the camera pans (left, right or not at all), from how far the background's
+  column profile slides over the same first frames; the caption adherence score compares it with
+  the prompt's pan (none when the prompt names none).
 * ``colour_of``: the palette colour nearest to the tracked object's median colour.
-* ``flicker``: mean absolute change of background pixels from one frame to the next (0-255); the
-  true clip's background is static, so its flicker is 0.
+* ``flicker``: mean absolute change of background pixels from one frame to the next (0-255), less
+  the true clip's own change where it is known (a panning camera moves the background), so the
+  true clip's flicker is 0.
 * ``background_drift``: mean absolute difference between the background of the last frames and the
   true background (0-255), for the 60-second sliding-window run.
 
@@ -68,6 +72,43 @@ def direction_of(centres: np.ndarray, frames: int = DIRECTION_FRAMES) -> str | N
     return "down" if dy > 0 else "up"
 
 
+PAN_MARGIN = 0.7  # a shift is a pan when it matches this much better than no shift,
+PAN_MIN_GAIN = 0.5  # and by this many levels (0-255)
+MAX_PAN_PX = 5  # pans are at most 3.7 pixels per DIRECTION_FRAMES at 32 px, under half the posts' spacing
+
+
+def pan_of(frames, object_masks: np.ndarray, frames_used: int = DIRECTION_FRAMES) -> str | None:
+    """The camera's pan over the first ``frames_used`` frames: ``left``, ``right`` or None (still).
+
+    The background's column profile (the object's columns left out) of the last of those frames is
+    matched against the first's at whole-pixel shifts; content sliding left means the camera pans right.
+    """
+    pixels = _float255(frames)[:frames_used]
+    masks = _grow(np.asarray(object_masks, bool)[:frames_used])
+    if len(pixels) < 2:
+        return None
+    keep = ~(masks[0] | masks[-1])
+    weight = keep.sum(axis=0)  # [W]: rows of background in each column
+    a = np.where(keep[..., None], pixels[0], 0).sum(axis=0) / np.maximum(weight, 1)[:, None]
+    b = np.where(keep[..., None], pixels[-1], 0).sum(axis=0) / np.maximum(weight, 1)[:, None]
+    width = pixels.shape[2]
+    errors = {}
+    for shift in range(-MAX_PAN_PX, MAX_PAN_PX + 1):
+        cols = np.arange(max(0, -shift), min(width, width - shift))
+        cols = cols[(weight[cols] > 0) & (weight[cols + shift] > 0)]
+        if len(cols) >= width // 2:
+            # less each profile's mean: a brightness change is not a pan (on a plain gradient, where
+            # the two would look alike, no pan is seen at all)
+            first, last = a[cols], b[cols + shift]
+            errors[shift] = float(np.abs((first - first.mean(0)) - (last - last.mean(0))).mean())
+    if 0 not in errors:
+        return None
+    best = min(errors, key=errors.get)
+    if best == 0 or errors[best] > PAN_MARGIN * errors[0] or errors[0] - errors[best] < PAN_MIN_GAIN:
+        return None
+    return "left" if best > 0 else "right"
+
+
 def colour_of(colours: np.ndarray) -> str | None:
     colours = np.asarray(colours, np.float64)
     found = colours[~np.isnan(colours[:, 0])]
@@ -84,22 +125,29 @@ def _grow(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def flicker(frames, object_masks: np.ndarray) -> float:
-    """Mean |frame[t] - frame[t-1]| (0-255) over pixels that are background in both frames."""
+def flicker(frames, object_masks: np.ndarray, true_backgrounds=None) -> float:
+    """Mean |frame[t] - frame[t-1]| (0-255) over pixels that are background in both frames; with the
+    true backgrounds ([n, H, W, 3] in [0, 1]), their change is subtracted first."""
     pixels = _float255(frames)
     if len(pixels) < 2:
         return 0.0
     grown = _grow(np.asarray(object_masks, bool))
     keep = ~(grown[1:] | grown[:-1])
-    change = np.abs(pixels[1:] - pixels[:-1]).mean(axis=-1)
+    step = pixels[1:] - pixels[:-1]
+    if true_backgrounds is not None:
+        truth = np.round(np.asarray(true_backgrounds, np.float64) * 255)  # as the true clip was written
+        step = step - (truth[1:] - truth[:-1])
+    change = np.abs(step).mean(axis=-1)
     return float(change[keep].mean()) if keep.any() else 0.0
 
 
 def background_drift(frames, object_masks: np.ndarray, background_rgb: np.ndarray) -> float:
-    """Mean |frame - true background| (0-255) over background pixels of ``frames``."""
+    """Mean |frame - true background| (0-255) over background pixels of ``frames``; the background is
+    [H, W, 3] or one per frame [n, H, W, 3], in [0, 1]."""
     pixels = _float255(frames)
     keep = ~_grow(np.asarray(object_masks, bool))
-    diff = np.abs(pixels - np.asarray(background_rgb)[None] * 255).mean(axis=-1)
+    truth = np.asarray(background_rgb, np.float64)
+    diff = np.abs(pixels - (truth if truth.ndim == 4 else truth[None]) * 255).mean(axis=-1)
     return float(diff[keep].mean()) if keep.any() else float("nan")
 
 
@@ -109,6 +157,7 @@ class ClipScores:
     trajectory_px: float
     direction_ok: bool
     colour_ok: bool
+    pan_ok: bool  # the camera pans the way the prompt says (or stays still when it says nothing)
     found: float  # fraction of frames where the object was found
     flicker: float
 
@@ -126,7 +175,8 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
     n, height, width = frames.shape[:3]
     truth = world.render(state, n, height, width, fps=fps)
     condition = truth[0] if condition is None else condition
-    found = world.track(frames, world.background(state, height, width))
+    true_backgrounds = world.backgrounds(state, world.frame_times(n, fps), height, width)
+    found = world.track(frames, true_backgrounds)
     terms = world.prompt_terms(prompt)
     true_centres = world.centres_px(state, n, height, fps=fps)
     return ClipScores(
@@ -134,8 +184,9 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
         trajectory_px=trajectory_error(found.centres, true_centres, float(np.hypot(height, width))),
         direction_ok=direction_of(found.centres) == terms["direction"],
         colour_ok=colour_of(found.colours) == terms["colour"],
+        pan_ok=pan_of(frames, found.masks) == terms["pan"],
         found=float(found.found.mean()),
-        flicker=flicker(frames, found.masks),
+        flicker=flicker(frames, found.masks, true_backgrounds),
     )
 
 
@@ -151,6 +202,7 @@ def score_prompt(frames, prompt: str, first_image=None) -> ClipScores:
         trajectory_px=float("nan"),
         direction_ok=direction_of(found.centres) == terms["direction"],
         colour_ok=colour_of(found.colours) == terms["colour"],
+        pan_ok=pan_of(frames, found.masks) == terms["pan"],
         found=float(found.found.mean()),
         flicker=flicker(frames, found.masks),
     )

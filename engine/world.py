@@ -1,24 +1,37 @@
 """A procedural world of short videos, with captions and the true continuation of every state.
 
-One shape (a circle or a square) of one colour moves at constant speed in one of four directions
-over a background (a solid colour or a horizontal gradient of two), bouncing off the frame's
-edges. Everything is analytic, so the world can
+One shape (a circle or a square) of one colour over a background (a solid colour or a gradient of
+two). In the basic world, which the shipped ``world`` model was trained on, the object ``moves`` at
+constant speed in one of four directions, bouncing off the frame's edges. The full world
+(``sample_state(..., physics="full")``) adds
+
+* ``falls``: under gravity, straight down, bouncing elastically on the floor (the frame's bottom
+  edge) back up to the height it fell from;
+* spin: a square turning at a constant rate;
+* camera pans left or right across the background, which gets a row of faint lighter posts so that a
+  pan shows on a solid colour too (the object's motion stays relative to the frame, as if the box it
+  bounces in were carried along with the camera).
+
+Everything is analytic, so the world can
 
 * render any state at any size and frame rate (``render``), anti-aliased by supersampling so that
   sub-pixel motion is visible and a model can learn it;
 * continue any state exactly (``WorldState.advance``): ``render(advance(s, k/fps))`` equals frames
   ``k..`` of ``render(s)``, which is what generated clips are scored against;
 * describe a clip in a fixed grammar (``caption``): ``"a red circle moves right and bounces off
-  the wall"``, and read such a prompt back (``prompt_terms``);
+  the wall"``, ``"a spinning blue square falls and bounces on the floor as the camera pans left"``,
+  and read such a prompt back (``prompt_terms``);
 * find the object again in any frame, generated or true (``track``), given the background.
 
 Geometry is in units of the frame's height (the frame is ``aspect`` wide and 1 high), so the same
 state renders the same picture at 32x48 and at 320x480. Time is in seconds; frame ``i`` of a clip at
 ``fps`` is the state at ``i / fps`` (fractions stay exact until the final float conversion).
 
-Traps avoided: positions are folded into the allowed range with a triangle wave rather than stepped
-frame by frame, so a continuation rendered from any frame is bit-identical to the original clip's
-tail; the caption's "bounces" is decided from the same fold, never from rendered pixels.
+Traps avoided: positions are folded into the allowed range (a triangle wave for walls, a wrapped
+parabola for the floor) rather than stepped frame by frame, so a continuation rendered from any frame
+is the original clip's tail; the caption's "bounces" is decided from the same fold, never from
+rendered pixels; the posts are fainter than the tracker's threshold, so they are never taken for the
+object.
 """
 
 from __future__ import annotations
@@ -45,11 +58,20 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "plum": (66, 32, 64),
 }
 SHAPES = ("circle", "square")
+MOTIONS = ("moves", "falls")
 DIRECTIONS: dict[str, tuple[int, int]] = {"right": (1, 0), "left": (-1, 0), "up": (0, -1), "down": (0, 1)}
 
 RADIUS = 0.125  # of the frame height: a circle 8 pixels across in a 32-pixel-high frame
 SQUARE_HALF = 0.9 * RADIUS  # a square of about the circle's area
+SPIN_REACH = SQUARE_HALF * math.sqrt(2)  # a spinning square's corners reach this far from its centre
 SPEED_RANGE = (0.45, 0.75)  # frame heights per second: 0.6 to 1 pixel per frame at 32 px and 24 fps
+GRAVITY = 2.0  # frame heights per second squared: a fall of half the frame takes 0.7 s
+MIN_DROP = 0.3  # frame heights from the top of a fall to the floor
+SPIN_RANGE = (0.25, 0.6)  # turns per second, either way
+PAN_RANGE = (0.15, 0.35)  # frame heights per second: 0.2 to 0.5 pixel per frame at 32 px and 24 fps
+POST_SPACING = 0.5  # frame heights between the background's posts
+POST_WIDTH = 0.08
+POST_LIFT = 22 / 255  # how much lighter a post is than the background (under TRACK_THRESHOLD)
 ASPECT = Fraction(3, 2)
 FPS = Fraction(24)
 SUPERSAMPLE = 4
@@ -63,7 +85,14 @@ TRACK_MIN_PIXELS = 6
 
 @dataclass(frozen=True)
 class WorldState:
-    """Everything that determines a clip from this instant on."""
+    """Everything that determines a clip from this instant on.
+
+    ``direction`` and ``speed`` are the object's velocity: for ``falls`` the direction is ``up`` or
+    ``down`` and the speed changes with time; ``angle`` (turns) and ``spin`` (turns per second,
+    positive clockwise) turn a square; ``camera`` (frame heights) and ``pan`` (frame heights per
+    second, positive to the right) move the view across the background. The defaults are the basic
+    world's: moving, not spinning, a still camera, no posts.
+    """
 
     shape: str
     colour: str
@@ -73,6 +102,12 @@ class WorldState:
     direction: str
     speed: float  # frame heights per second
     aspect: Fraction = ASPECT
+    motion: str = "moves"
+    angle: float = 0.0
+    spin: float = 0.0
+    camera: float = 0.0
+    pan: float = 0.0
+    posts: bool = False  # the background's posts (they make a pan visible on a solid colour)
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -83,13 +118,31 @@ class WorldState:
             raise InvalidInput(f"background must be two of {', '.join(BACKGROUNDS)}, got {self.background!r}")
         if self.direction not in DIRECTIONS:
             raise InvalidInput(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if self.motion not in MOTIONS:
+            raise InvalidInput(f"motion must be one of {', '.join(MOTIONS)}, got {self.motion!r}")
+        if self.motion == "falls" and self.direction not in ("up", "down"):
+            raise InvalidInput(f"a falling object moves up or down, got {self.direction!r}")
+        if self.spin and self.shape == "circle":
+            raise InvalidInput("only a square can spin (a spinning circle looks the same)")
         if not self.speed >= 0:
             raise InvalidInput(f"speed must be non-negative, got {self.speed}")
+        for name in ("angle", "spin", "camera", "pan"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise InvalidInput(f"{name} must be a finite number, got {value}")
+        reach = self.reach
         for name, value, hi in (("x", self.x, float(self.aspect)), ("y", self.y, 1.0)):
-            if not RADIUS - 1e-9 <= value <= hi - RADIUS + 1e-9:
+            if not reach - 1e-9 <= value <= hi - reach + 1e-9:
                 raise InvalidInput(
-                    f"{name}={value} puts the object outside the frame [{RADIUS}, {hi - RADIUS}]"
+                    f"{name}={value} puts the object outside the frame [{reach}, {hi - reach}]"
                 )
+        if self.motion == "falls" and self._apex() < reach - 1e-9:
+            raise InvalidInput(f"falling at {self.speed} from y={self.y} would leave the top of the frame")
+
+    @property
+    def reach(self) -> float:
+        """How far the object extends from its centre: where it meets a wall."""
+        return SPIN_REACH if self.spin else RADIUS
 
     @property
     def axis(self) -> int:
@@ -98,7 +151,9 @@ class WorldState:
 
     def _limits(self) -> tuple[float, float]:
         hi = float(self.aspect) if self.axis == 0 else 1.0
-        return RADIUS, hi - RADIUS
+        return self.reach, hi - self.reach
+
+    # Constant velocity: a triangle wave between the walls.
 
     def _unfolded(self, seconds) -> np.ndarray:
         """Position along the moving axis as if there were no walls."""
@@ -106,30 +161,73 @@ class WorldState:
         start = self.x if self.axis == 0 else self.y
         return start + sign * self.speed * np.asarray(seconds, dtype=np.float64)
 
+    # Gravity: a parabola from the apex, wrapped at the floor (an elastic bounce).
+
+    def _apex(self) -> float:
+        return self.y - self.speed**2 / (2 * GRAVITY)
+
+    def _fall_time(self) -> float:
+        """Seconds from the apex to the floor."""
+        return math.sqrt(max(2 * (1.0 - self.reach - self._apex()) / GRAVITY, 0.0))
+
+    def _phase(self) -> float:
+        """Seconds since the apex (negative while rising)."""
+        return (self.speed if self.direction == "down" else -self.speed) / GRAVITY
+
+    def _wrapped_phase(self, seconds) -> np.ndarray:
+        tau = self._fall_time()
+        phase = self._phase() + np.asarray(seconds, dtype=np.float64)
+        return phase if tau == 0 else np.mod(phase + tau, 2 * tau) - tau
+
     def centres(self, seconds) -> np.ndarray:
         """Object centres [n, 2] (x, y in frame heights) at the given times, walls included."""
         seconds = np.atleast_1d(np.asarray(seconds, dtype=np.float64))
+        if self.motion == "falls":
+            ys = self._apex() + GRAVITY * self._wrapped_phase(seconds) ** 2 / 2
+            return np.stack([np.full_like(ys, self.x), ys], axis=1)
         lo, hi = self._limits()
         along = _fold(self._unfolded(seconds), lo, hi)
         fixed = np.full_like(along, self.y if self.axis == 0 else self.x)
         return np.stack([along, fixed] if self.axis == 0 else [fixed, along], axis=1)
 
-    def bounces(self, seconds: float) -> bool:
-        """Whether the object touches a wall and turns within the next ``seconds``."""
+    def angles(self, seconds) -> np.ndarray:
+        """The square's angle (turns) at the given times."""
+        return self.angle + self.spin * np.atleast_1d(np.asarray(seconds, dtype=np.float64))
+
+    def cameras(self, seconds) -> np.ndarray:
+        """The camera's offset (frame heights) at the given times."""
+        return self.camera + self.pan * np.atleast_1d(np.asarray(seconds, dtype=np.float64))
+
+    def events(self, seconds: float) -> set[str]:
+        """What turns the object within the next ``seconds``: ``wall``, ``floor`` (a bounce) or ``apex``."""
+        if self.motion == "falls":
+            phase, tau = self._phase(), self._fall_time()
+            found = {"apex"} if phase < 0 <= phase + seconds else set()
+            return found | ({"floor"} if phase + seconds > tau else set())
         lo, hi = self._limits()
-        end = float(self._unfolded(seconds))
-        return not lo <= end <= hi
+        return set() if lo <= float(self._unfolded(seconds)) <= hi else {"wall"}
+
+    def bounces(self, seconds: float) -> bool:
+        """Whether the object turns (off a wall, the floor, or at the top of a fall) within ``seconds``."""
+        return bool(self.events(seconds))
 
     def advance(self, seconds) -> WorldState:
         """The state ``seconds`` later: the true continuation starts here."""
+        seconds = float(seconds)
+        turned = dict(angle=float(self.angles(seconds)[0] % 1.0), camera=float(self.cameras(seconds)[0]))
+        if self.motion == "falls":
+            phase = float(self._wrapped_phase(seconds))
+            y = self._apex() + GRAVITY * phase**2 / 2
+            direction = "down" if phase >= 0 else "up"
+            return replace(self, y=y, direction=direction, speed=GRAVITY * abs(phase), **turned)
         lo, hi = self._limits()
-        unfolded = float(self._unfolded(float(seconds)))
+        unfolded = float(self._unfolded(seconds))
         along = float(_fold(np.array([unfolded]), lo, hi)[0])
         turns = int(math.floor((unfolded - lo) / (hi - lo))) % 2 if hi > lo else 0
         direction = _OPPOSITE[self.direction] if turns else self.direction
         if self.axis == 0:
-            return replace(self, x=along, direction=direction)
-        return replace(self, y=along, direction=direction)
+            return replace(self, x=along, direction=direction, **turned)
+        return replace(self, y=along, direction=direction, **turned)
 
 
 _OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
@@ -146,52 +244,104 @@ def _fold(position: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 # Sampling --------------------------------------------------------------------------------------
 
+PHYSICS = ("basic", "full")  # basic: constant velocity and walls only; full: gravity, spin and pans too
+FALL_CHANCE = 0.3
+SPIN_CHANCE = 0.5  # of squares
+PAN_CHANCE = 0.4
 
-def sample_state(rng: np.random.Generator, *, aspect: Fraction = ASPECT, clear: float = 0.0) -> WorldState:
-    """A random state; with ``clear`` seconds, the object does not reach a wall before then."""
+
+def sample_state(
+    rng: np.random.Generator, *, aspect: Fraction = ASPECT, clear: float = 0.0, physics: str = "basic"
+) -> WorldState:
+    """A random state; with ``clear`` seconds, the object does not turn (``bounces``) before then.
+
+    ``physics="basic"`` draws what the shipped ``world`` model was trained on (the same draws from
+    the same generator as before gravity, spin and pans existed); ``"full"`` draws all of them.
+    """
+    if physics not in PHYSICS:
+        raise InvalidInput(f"physics must be one of {', '.join(PHYSICS)}, got {physics!r}")
+    full = physics == "full"
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     names = list(BACKGROUNDS)
     left = names[rng.integers(len(names))]
     right = left if rng.random() < 0.5 else names[rng.integers(len(names))]
+    motion = "falls" if full and rng.random() < FALL_CHANCE else "moves"
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
     speed = float(rng.uniform(*SPEED_RANGE))
+    extras: dict = dict(aspect=aspect, motion=motion)
+    if full:
+        if shape == "square" and rng.random() < SPIN_CHANCE:
+            turns = float(rng.uniform(*SPIN_RANGE) * rng.choice((-1, 1)))
+            extras.update(spin=turns, angle=float(rng.random()))
+        if rng.random() < PAN_CHANCE:
+            extras.update(pan=float(rng.uniform(*PAN_RANGE) * rng.choice((-1, 1))))
+        extras.update(camera=float(rng.uniform(0, 2 * float(aspect))), posts=True)
+    reach = SPIN_REACH if extras.get("spin") else RADIUS
     width = float(aspect)
     for _ in range(100):
-        x = float(rng.uniform(RADIUS, width - RADIUS))
-        y = float(rng.uniform(RADIUS, 1 - RADIUS))
-        state = WorldState(shape, colour, (left, right), x, y, direction, speed, aspect)
+        x = float(rng.uniform(reach, width - reach))
+        y = float(rng.uniform(reach, 1 - reach))
+        if motion == "falls":
+            apex = float(rng.uniform(reach, 1 - reach - MIN_DROP))
+            tau = math.sqrt(2 * (1 - reach - apex) / GRAVITY)
+            phase = float(rng.uniform(-tau, tau))
+            y = min(apex + GRAVITY * phase**2 / 2, 1 - reach)
+            direction, speed = ("down" if phase >= 0 else "up"), GRAVITY * abs(phase)
+        state = WorldState(shape, colour, (left, right), x, y, direction, speed, **extras)
         if clear <= 0 or not state.bounces(clear):
             return state
-    raise InvalidInput(f"no position keeps the object clear of the walls for {clear} s at speed {speed:.2f}")
+    raise InvalidInput(
+        f"no position keeps the object from turning for {clear} s ({motion}, speed {speed:.2f})"
+    )
 
 
 # Captions --------------------------------------------------------------------------------------
 
+# Words a prompt may use for the direction of a fall or a rise.
+_VERTICAL_WORDS = {
+    "falls": "down", "fall": "down", "falling": "down", "rises": "up", "rise": "up", "rising": "up"
+}
+
 
 def caption(state: WorldState, seconds: float) -> str:
     """The fixed-grammar caption of the clip that starts at ``state`` and lasts ``seconds``."""
-    text = f"a {state.colour} {state.shape} moves {state.direction}"
-    return text + (BOUNCE_PHRASE if state.bounces(seconds) else "")
+    events = state.events(seconds)
+    spinning = "spinning " if state.spin else ""
+    text = f"a {spinning}{state.colour} {state.shape}"
+    if state.motion == "moves":
+        text += f" moves {state.direction}" + (BOUNCE_PHRASE if events else "")
+    elif state.direction == "down":
+        text += " falls" + (" and bounces on the floor" if "floor" in events else "")
+    else:
+        text += " rises" + (" and falls" if "apex" in events else "")
+    if state.pan:
+        text += f" as the camera pans {'right' if state.pan > 0 else 'left'}"
+    return text
 
 
 _WORD = re.compile(r"[a-z]+")
 
 
 def prompt_terms(prompt: str) -> dict[str, str | None]:
-    """The colour, shape and direction a prompt asks for (``None`` where it names none).
+    """The colour, shape, direction and pan a prompt asks for (``None`` where it names none).
 
-    Reads free text as well as captions: the first colour, shape and direction word wins.
+    Reads free text as well as captions: the first colour, shape and direction word wins ("falls"
+    and "rises" are directions, down and up); the pan is the direction word after "pans".
     """
     words = _WORD.findall(prompt.lower())
-    found: dict[str, str | None] = {"colour": None, "shape": None, "direction": None}
-    for word in words:
-        if found["colour"] is None and word in COLOURS:
+    found: dict[str, str | None] = {"colour": None, "shape": None, "direction": None, "pan": None}
+    for i, word in enumerate(words):
+        if word in ("pans", "pan", "panning") and i + 1 < len(words) and words[i + 1] in ("left", "right"):
+            found["pan"] = words[i + 1]
+        elif i > 0 and words[i - 1] in ("pans", "pan", "panning"):
+            continue
+        elif found["colour"] is None and word in COLOURS:
             found["colour"] = word
         elif found["shape"] is None and word in SHAPES:
             found["shape"] = word
-        elif found["direction"] is None and word in DIRECTIONS:
-            found["direction"] = word
+        elif found["direction"] is None and (word in DIRECTIONS or word in _VERTICAL_WORDS):
+            found["direction"] = _VERTICAL_WORDS.get(word, word)
     return found
 
 
@@ -203,17 +353,35 @@ def frame_times(frames: int, fps: Fraction = FPS, start: int = 0) -> np.ndarray:
     return np.array([float(Fraction(start + i) / fps) for i in range(frames)])
 
 
-def background(state: WorldState, height: int, width: int) -> np.ndarray:
-    """The background alone, [H, W, 3] float64 in [0, 1]."""
+def backgrounds(state: WorldState, times, height: int, width: int) -> np.ndarray:
+    """The background alone at each of ``times`` (seconds), [n, H, W, 3] float64 in [0, 1].
+
+    Across the frame, the gradient runs from the left colour to the right one; beyond the frame it
+    repeats mirrored (a triangle wave), so a panning camera always sees the same two colours.
+    """
     left = np.array(BACKGROUNDS[state.background[0]], dtype=np.float64) / 255
     right = np.array(BACKGROUNDS[state.background[1]], dtype=np.float64) / 255
-    ramp = (np.arange(width) + 0.5) / width
-    row = left[None, :] + (right - left)[None, :] * ramp[:, None]
-    return np.broadcast_to(row[None], (height, width, 3)).copy()
+    ss = SUPERSAMPLE
+    sub = (np.arange(width)[:, None] + (np.arange(ss) + 0.5)[None, :] / ss).reshape(-1)
+    sub = sub / height  # frame heights
+    world_x = sub[None, :] + state.cameras(times)[:, None]  # [n, W*ss]
+    ramp = _fold(world_x / float(state.aspect), 0.0, 1.0)
+    post = np.abs(np.mod(world_x, POST_SPACING) - POST_SPACING / 2) <= POST_WIDTH / 2
+    n = len(world_x)
+    ramp = ramp.reshape(n, width, ss).mean(axis=2)
+    post = post.reshape(n, width, ss).mean(axis=2)
+    rows = left + (right - left) * ramp[..., None] + POST_LIFT * state.posts * post[..., None]  # [n, W, 3]
+    return np.broadcast_to(rows[:, None], (n, height, width, 3)).copy()
 
 
-def _coverage(state: WorldState, centres: np.ndarray, height: int, width: int) -> np.ndarray:
+def background(state: WorldState, height: int, width: int) -> np.ndarray:
+    """The background alone at the state's instant, [H, W, 3] float64 in [0, 1]."""
+    return backgrounds(state, [0.0], height, width)[0]
+
+
+def _coverage(state: WorldState, seconds: np.ndarray, height: int, width: int) -> np.ndarray:
     """Fraction of each pixel the object covers, [n, H, W], by supersampling."""
+    centres = state.centres(seconds)
     ss = SUPERSAMPLE
     sub = (np.arange(ss) + 0.5) / ss
     ys = ((np.arange(height)[:, None] + sub[None, :]).reshape(-1)) / height  # frame heights
@@ -223,7 +391,9 @@ def _coverage(state: WorldState, centres: np.ndarray, height: int, width: int) -
     if state.shape == "circle":
         inside = dx * dx + dy * dy <= RADIUS * RADIUS
     else:
-        inside = (np.abs(dx) <= SQUARE_HALF) & (np.abs(dy) <= SQUARE_HALF)
+        turn = 2 * np.pi * state.angles(seconds)[:, None, None]
+        cos, sin = np.cos(turn), np.sin(turn)
+        inside = (np.abs(cos * dx + sin * dy) <= SQUARE_HALF) & (np.abs(cos * dy - sin * dx) <= SQUARE_HALF)
     n = centres.shape[0]
     return inside.reshape(n, height, ss, width, ss).mean(axis=(2, 4))
 
@@ -237,10 +407,10 @@ def render(
     width = width if width is not None else round(height * state.aspect)
     if height < 4 or width < 4:
         raise InvalidInput(f"frames must be at least 4x4 pixels, got {height}x{width}")
-    centres = state.centres(frame_times(frames, fps))
-    cover = _coverage(state, centres, height, width)[..., None]
+    times = frame_times(frames, fps)
+    cover = _coverage(state, times, height, width)[..., None]
     colour = np.array(COLOURS[state.colour], dtype=np.float64) / 255
-    video = background(state, height, width)[None] * (1 - cover) + colour * cover
+    video = backgrounds(state, times, height, width) * (1 - cover) + colour * cover
     return np.round(video * 255).astype(np.uint8)
 
 
@@ -280,12 +450,15 @@ def estimate_background(frames: np.ndarray) -> np.ndarray:
 def track(frames: np.ndarray, background_rgb: np.ndarray) -> Track:
     """Find the object in each frame: pixels far from the background, centroid weighted by distance.
 
-    ``frames`` are uint8 [n, H, W, 3] (or floats in [0, 1]); ``background_rgb`` is [H, W, 3] in [0, 1].
+    ``frames`` are uint8 [n, H, W, 3] (or floats in [0, 1]); ``background_rgb`` is [H, W, 3] or, for a
+    panning camera, one per frame [n, H, W, 3], in [0, 1].
     """
     pixels = _as_float255(frames)
     if pixels.ndim != 4 or pixels.shape[-1] != 3:
         raise InvalidInput(f"frames must be [n, H, W, 3], got shape {pixels.shape}")
-    diff = np.abs(pixels - background_rgb[None] * 255).max(axis=-1)
+    background_rgb = np.asarray(background_rgb, dtype=np.float64)
+    bg = background_rgb if background_rgb.ndim == 4 else background_rgb[None]
+    diff = np.abs(pixels - bg * 255).max(axis=-1)
     mask = diff > TRACK_THRESHOLD
     n, height, width = mask.shape
     ys, xs = np.mgrid[0:height, 0:width] + 0.5

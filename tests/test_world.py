@@ -78,25 +78,118 @@ def test_sampled_states_can_be_kept_clear_of_the_walls():
         assert not s.bounces(0.4)
 
 
+# Gravity, spin and camera pans ------------------------------------------------------------------
+
+
+def test_a_falling_object_accelerates_bounces_on_the_floor_and_returns_to_its_height():
+    s = state(motion="falls", direction="down", speed=0.0, y=0.3, x=0.8)  # released at rest
+    ys = world.centres_px(s, 73, 32)[:, 1] / 32
+    assert np.allclose(world.centres_px(s, 73, 32)[:, 0], 0.8 * 32)  # straight down
+    steps = np.diff(ys[:12])
+    assert (steps > 0).all() and (np.diff(steps) > 0).all()  # falling faster and faster
+    assert ys.max() <= 1 - world.RADIUS + 1e-9
+    floor = int(np.argmax(ys))
+    assert ys[floor + 1] < ys[floor]  # bounced
+    assert ys[floor:].min() == pytest.approx(0.3, abs=0.01)  # elastic: back up to where it fell from
+    after = s.advance(float(floor + 3) / 24)
+    assert after.direction == "up" and after.motion == "falls"
+    assert world.caption(s, 1.0) == "a red circle falls and bounces on the floor"
+    assert world.caption(s, 0.2) == "a red circle falls"
+    assert world.caption(after, 0.1) == "a red circle rises"
+
+
+def test_continuations_stay_exact_under_gravity_spin_and_pans():
+    s = state(shape="square", motion="falls", direction="up", speed=1.0, y=0.7, spin=0.5, angle=0.1, pan=-0.3)
+    clip = world.render(s, 48)
+    for k in (1, 17, 40):
+        assert np.array_equal(world.render(s.advance(Fraction(k, 24)), 48 - k), clip[k:])
+    assert world.caption(s, 1.0).startswith("a spinning red square rises and falls")
+    assert world.caption(s, 1.0).endswith("as the camera pans left")
+
+
+def test_a_spinning_square_turns_in_place_and_keeps_its_corners_inside():
+    still = world.render(state(shape="square", speed=0.0), 7)
+    spinning = world.render(state(shape="square", speed=0.0, spin=0.5), 7)
+    assert np.array_equal(still[0], spinning[0]) and np.array_equal(still[0], still[-1])
+    assert not np.array_equal(spinning[0], spinning[-1])  # a sixth of a turn later
+    found = world.track(spinning, world.background(state(), 32, 48))
+    assert np.abs(found.centres - found.centres[0]).max() < 0.3  # turning, not moving
+    s = state(shape="square", spin=0.5, x=1.2, speed=0.75)
+    xs = world.centres_px(s, 48, 32)[:, 0] / 32
+    assert xs.max() <= 1.5 - world.SPIN_REACH + 1e-9  # bounces where a corner would touch the wall
+    with pytest.raises(InvalidInput, match="only a square can spin"):
+        state(spin=0.5)
+
+
+def test_a_panning_camera_slides_the_background_and_not_the_object():
+    s = state(speed=0.0, pan=0.375, posts=True)  # half a pixel per frame at 32 px
+    clip = world.render(s, 5)
+    bgs = world.backgrounds(s, world.frame_times(5), 32, 48)
+    assert np.allclose(bgs[4][:, :-2], bgs[0][:, 2:], atol=1e-9)  # two pixels left after four frames
+    found = world.track(clip, bgs)
+    assert found.found.all() and np.abs(found.centres - found.centres[0]).max() < 0.01
+    result = scores.score_clip(clip, s, world.caption(s, 0.2))
+    assert result.flicker == 0.0 and result.trajectory_px < 0.5  # the pan is the truth, not flicker
+    frozen = np.repeat(clip[:1], 5, axis=0)  # a generator that forgot to pan
+    assert scores.score_clip(frozen, s, world.caption(s, 0.2)).flicker > 0.5
+    assert scores.score_clip(frozen, s, world.caption(s, 0.2)).pan_ok is False
+    assert scores.pan_of(clip, found.masks) == "right"  # the posts slid left by two pixels
+
+
+def test_a_brightening_still_gradient_is_not_taken_for_a_pan():
+    s = state(background=("navy", "teal"), speed=0.0)
+    clip = world.render(s, 9).astype(int) + np.arange(9)[:, None, None, None]  # one level brighter a frame
+    masks = world.track(world.render(s, 9), world.background(s, 32, 48)).masks
+    assert scores.pan_of(np.clip(clip, 0, 255).astype(np.uint8), masks) is None
+
+
+def test_the_posts_are_visible_but_never_taken_for_the_object():
+    s = state(background=("navy", "navy"), posts=True)
+    empty = (world.background(s, 32, 48) * 255).round().astype(np.uint8)
+    assert empty[..., 2].max() - empty[..., 2].min() > 15  # the posts show on a solid colour
+    flat = np.broadcast_to(np.array(world.BACKGROUNDS["navy"]) / 255, (32, 48, 3))
+    assert not world.track(empty[None], flat).found.any()  # a tracker that does not know of them ignores them
+
+
+def test_the_full_physics_draws_every_kind_of_motion_and_the_basic_one_only_the_first():
+    rng = np.random.default_rng(1)
+    states = [world.sample_state(rng, physics="full") for _ in range(300)]
+    assert {s.motion for s in states} == {"moves", "falls"} and all(s.posts for s in states)
+    assert any(s.spin for s in states) and any(s.pan > 0 for s in states) and any(s.pan < 0 for s in states)
+    basic = [world.sample_state(rng) for _ in range(100)]
+    assert all(s.motion == "moves" and not (s.spin or s.pan or s.posts) for s in basic)
+    with pytest.raises(InvalidInput, match="physics must be one of basic, full"):
+        world.sample_state(rng, physics="quantum")
+
+
 def test_prompt_terms_read_free_text_as_well_as_captions():
     assert world.prompt_terms("a blue square moves up and bounces off the wall") == {
         "colour": "blue",
         "shape": "square",
         "direction": "up",
+        "pan": None,
     }
     assert world.prompt_terms("The YELLOW ball keeps rolling left.") == {
         "colour": "yellow",
         "shape": None,
         "direction": "left",
+        "pan": None,
     }
+    assert world.prompt_terms("a red circle falls as the camera pans left") == {
+        "colour": "red",
+        "shape": "circle",
+        "direction": "down",
+        "pan": "left",
+    }
+    assert world.prompt_terms("a green square rises")["direction"] == "up"
 
 
 def test_tracking_recovers_true_positions_and_colour():
     rng = np.random.default_rng(0)
     for _ in range(10):
-        s = world.sample_state(rng)
+        s = world.sample_state(rng, physics="full")
         clip = world.render(s, 25)
-        found = world.track(clip, world.background(s, 32, 48))
+        found = world.track(clip, world.backgrounds(s, world.frame_times(25), 32, 48))
         assert found.found.all()
         assert np.abs(found.centres - world.centres_px(s, 25, 32)).max() < 0.5
         assert scores.colour_of(found.colours) == s.colour

@@ -50,7 +50,7 @@ def test_one_second_continuations_start_on_the_frame_and_move_as_prompted(pipe):
     # Twelve clips the card did not use; the model gets the direction wrong on about one in six (the card),
     # so the direction is judged as a rate, everything else clip by clip.
     cases = evaluate.eval_cases(12, height=32, width=48, frames=25, seed=4242)
-    psnrs, directions, trajectories = [], [], []
+    psnrs, directions, pans, trajectories = [], [], [], []
     for case in cases:
         out = pipe(
             PIL.Image.fromarray(case.image),
@@ -65,10 +65,12 @@ def test_one_second_continuations_start_on_the_frame_and_move_as_prompted(pipe):
         result = scores.score_clip(clip, case.state, case.prompt, case.image)
         psnrs.append(result.psnr_first)
         directions.append(result.direction_ok)
+        pans.append(result.pan_ok)
         trajectories.append(result.trajectory_px)
         assert result.colour_ok and result.found >= 0.9, case.prompt
     assert np.mean(psnrs) >= DEFAULT["psnr_first"] - PSNR_MARGIN
     assert np.mean(directions) >= DEFAULT["direction_ok"] - 0.2  # two standard deviations at 12 clips
+    assert np.mean(pans) >= DEFAULT["pan_ok"] - 0.2
     assert np.mean(trajectories) <= TRAJECTORY_BAR
 
 
@@ -120,9 +122,12 @@ def test_eval_quick_path_prints_every_section(tmp_path):
     out = tmp_path / "scores.json"
     done = run("eval", "--clips", "1", "--long-runs", "1", "--long-seconds", "2", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
-    for title in ("Steps (image-to-video)", "Precision (default: ", "Text-to-video", "Sliding window"):
+    for title in ("Steps (image-to-video)", "Precision (default: ", "By kind of motion", "Text-to-video",
+                  "Sliding window"):
         assert title in done.stdout
     result = json.loads(out.read_text())
+    # one clip of the basic world: it moves, under a still camera
+    assert [r["variant"] for r in result["kinds"]] == ["moves (1 clip)", "still camera (1 clip)"]
     assert [(r["variant"], r["steps"]) for r in result["steps"]] == [
         ("teacher, Euler", 50),
         ("teacher, Euler", 8),

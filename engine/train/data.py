@@ -40,8 +40,8 @@ def render_clips(
     for state in states:
         pixels = world.render(state, frames, height, width)
         videos.append(torch.from_numpy(pixels))
-        bg = world.background(state, height, width) * 255
-        on_object = np.abs(pixels.astype(np.float64) - bg[None]).max(-1) > 8
+        bg = world.backgrounds(state, world.frame_times(frames), height, width) * 255
+        on_object = np.abs(pixels.astype(np.float64) - bg).max(-1) > 8
         weights.append(torch.from_numpy(1 + OBJECT_WEIGHT * on_object.astype(np.float32)))
     video = torch.stack(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
     weight = torch.stack(weights)[:, None]
@@ -54,7 +54,8 @@ def to_pil(frame: np.ndarray) -> PIL.Image.Image:
 
 # Text and image tokens -------------------------------------------------------------------------
 
-TEXT_TOKENS = 64  # longest caption in bytes is under 50; the DiT's key mask makes padding inert
+TEXT_TOKENS = 64  # the basic world's longest caption is 52 bytes (the full one's 86: use 96); the key
+# mask makes padding inert
 
 
 class TextFeatures:

@@ -38,6 +38,7 @@ class TaskScores:
     found: float
     colour_ok: float
     direction_ok: float
+    pan_ok: float
     flicker: float
     psnr_first: float  # image-to-video only (NaN for text-to-video)
     trajectory_px: float  # image-to-video only
@@ -70,6 +71,7 @@ def _summary(per_clip: list[scores.ClipScores], *, i2v: bool) -> TaskScores:
         found=mean["found"],
         colour_ok=mean["colour_ok"],
         direction_ok=mean["direction_ok"],
+        pan_ok=mean["pan_ok"],
         flicker=mean["flicker"],
         psnr_first=mean["psnr_first"] if i2v else float("nan"),
         trajectory_px=mean["trajectory_px"] if i2v else float("nan"),
@@ -79,7 +81,7 @@ def _summary(per_clip: list[scores.ClipScores], *, i2v: bool) -> TaskScores:
 # Through the pipeline (``magic141 eval``) --------------------------------------------------------
 
 EVAL_SEED = 20_250_207
-CLEAR_SECONDS = 0.34  # no bounce within the frames that decide the direction score
+CLEAR_SECONDS = 0.34  # no turn (wall, floor, top of a fall) in the frames that decide the direction
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,9 @@ def _continue(pipe, image, case: Case, *, steps: int, frames: int, shift: float)
 
 def run_i2v(
     pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0
-) -> tuple[TaskScores, float]:
-    """Image-to-video on every case through ``pipe`` (a ``Magic141Pipeline``); scores and seconds per clip."""
+) -> tuple[TaskScores, float, dict[str, TaskScores]]:
+    """Image-to-video on every case through ``pipe`` (a ``Magic141Pipeline``): scores, seconds per clip,
+    and the scores of each kind of motion (``kinds``)."""
     import time
 
     import PIL.Image
@@ -143,7 +146,23 @@ def run_i2v(
         clip = _continue(pipe, PIL.Image.fromarray(case.image), case, steps=steps, frames=frames, shift=shift)
         spent += time.perf_counter() - clock
         per_clip.append(scores.score_clip(clip, case.state, case.prompt, case.image))
-    return _summary(per_clip, i2v=True), spent / len(cases)
+    by_kind = {}
+    for kind, members in kinds([case.state for case in cases]).items():
+        by_kind[kind] = _summary([per_clip[i] for i in members], i2v=True)
+    return _summary(per_clip, i2v=True), spent / len(cases), by_kind
+
+
+def kinds(states: list[world.WorldState]) -> dict[str, list[int]]:
+    """Indices of the states in each kind of motion (a state may be in several; empty kinds left out)."""
+    tests = {
+        "moves": lambda s: s.motion == "moves",
+        "falls": lambda s: s.motion == "falls",
+        "spinning": lambda s: bool(s.spin),
+        "panning": lambda s: bool(s.pan),
+        "still camera": lambda s: not s.pan,
+    }
+    groups = {kind: [i for i, s in enumerate(states) if test(s)] for kind, test in tests.items()}
+    return {kind: members for kind, members in groups.items() if members}
 
 
 def run_t2v(t2i, pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0) -> TaskScores:
@@ -201,12 +220,12 @@ def run_long(
         ).frames
 
     video = _uint8(torch.cat(list(chain_windows(plans, run_window))))[:total]
-    truth_bg = world.background(case.state, height, width)
+    truth_bg = world.backgrounds(case.state, world.frame_times(total), height, width)
     found = world.track(video, truth_bg)
     first, last = slice(0, fps), slice(total - fps, total)
     tail = slice(total - 5 * fps, total)
-    bg_first = scores.background_drift(video[first], found.masks[first], truth_bg)
-    bg_last = scores.background_drift(video[last], found.masks[last], truth_bg)
+    bg_first = scores.background_drift(video[first], found.masks[first], truth_bg[first])
+    bg_last = scores.background_drift(video[last], found.masks[last], truth_bg[last])
     colours = found.colours[tail]
     colours = colours[~np.isnan(colours[:, 0])]
     target = np.array(world.COLOURS[case.state.colour], dtype=np.float64)
@@ -219,5 +238,5 @@ def run_long(
         "background_drift": round(bg_last - bg_first, 2),
         "object_colour_error_last_5s": round(object_error, 2),
         "object_found_last_5s": round(float(found.found[tail].mean()), 3),
-        "flicker": round(scores.flicker(video, found.masks), 3),
+        "flicker": round(scores.flicker(video, found.masks, truth_bg), 3),
     }

@@ -176,10 +176,11 @@ def object_weight(pool: LatentPool, index, extra: float, spatial: int = 8, tempo
     height = h * spatial
     centres_y = (np.arange(h) + 0.5) * spatial
     centres_x = (np.arange(w) + 0.5) * spatial
-    reach = world.RADIUS * height + spatial
     out = torch.ones((len(index), 1, t, h, w))
     for row, i in enumerate(np.asarray(index).tolist()):
-        path = world.centres_px(state_from_json(pool.states[i]), frames, height)
+        state = state_from_json(pool.states[i])
+        reach = state.reach * height + spatial
+        path = world.centres_px(state, frames, height)
         for j in range(t):
             group = path[:1] if j == 0 else path[(j - 1) * temporal + 1 : j * temporal + 1]
             dy = centres_y[None, :, None] - group[:, 1, None, None]
