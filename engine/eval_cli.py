@@ -172,10 +172,10 @@ def evaluate(
         parts = {**info, "transformer": transformer}
         return Magic141Pipeline(**parts, device=device)
 
-    by_kind = {}
+    clip_scores = {}
 
     def row(variant: str, transformer, steps: int) -> dict:
-        scores_, per_clip, by_kind[variant, steps] = ev.run_i2v(
+        scores_, seconds, clip_scores[variant, steps] = ev.run_i2v(
             pipe_with(transformer), cases, steps=steps, frames=frames
         )
         progress(
@@ -186,7 +186,7 @@ def evaluate(
             "variant": variant,
             "steps": steps,
             **scores_.to_json(),
-            "seconds_per_clip": round(per_clip, 4),
+            "seconds_per_clip": round(seconds, 4),
         }
 
     variant = {"teacher": "transformer_teacher", "dmd2": "transformer_4step"}  # transformer/ holds the default
@@ -202,10 +202,9 @@ def evaluate(
     same = ("teacher, Euler", 4) if default_name == "teacher" else ("DMD2 student", 4)
     default_row = next(r for r in steps_rows if (r["variant"], r["steps"]) == same)
     kind_rows = [
-        {"variant": f"{kind} ({len(members)} clip{'' if len(members) == 1 else 's'})", "steps": 4,
-         "clips": len(members),
-         **by_kind[same][kind].to_json()}
-        for kind, members in ev.kinds([c.state for c in cases]).items()
+        {"variant": f"{kind} ({count} clip{'' if count == 1 else 's'})", "steps": 4, "clips": count,
+         **kind_scores.to_json()}
+        for kind, (count, kind_scores) in ev.by_kind(cases, clip_scores[same]).items()
     ]
 
     base = "bf16" if dtype == torch.bfloat16 else "fp32"

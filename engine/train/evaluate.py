@@ -112,30 +112,37 @@ def _uint8(frames: torch.Tensor) -> np.ndarray:
     return frames.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _continue(pipe, image, case: Case, *, steps: int, frames: int, shift: float) -> np.ndarray:
-    """One clip from ``image`` and the case's prompt and seed, as the engine samples: CFG-free, magic141
-    conditioning; uint8 frames."""
+def _sampling(case: Case, steps: int, shift: float) -> dict:
+    """The pipeline arguments every eval clip shares, as the engine samples: the case's size, CFG-free,
+    magic141 conditioning."""
     height, width = case.image.shape[:2]
-    out = pipe(
-        image,
-        case.prompt,
+    return dict(
         height=height,
         width=width,
-        num_frames=frames,
         num_inference_steps=steps,
         shift=shift,
         guidance_scale=1.0,
         conditioning="magic141",
+    )
+
+
+def _continue(pipe, image, case: Case, *, steps: int, frames: int, shift: float) -> np.ndarray:
+    """One clip from ``image`` and the case's prompt and seed; uint8 frames."""
+    out = pipe(
+        image,
+        case.prompt,
+        num_frames=frames,
         generator=torch.Generator("cpu").manual_seed(case.seed),
+        **_sampling(case, steps, shift),
     )
     return _uint8(out.frames)
 
 
 def run_i2v(
     pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0
-) -> tuple[TaskScores, float, dict[str, TaskScores]]:
+) -> tuple[TaskScores, float, list[scores.ClipScores]]:
     """Image-to-video on every case through ``pipe`` (a ``Magic141Pipeline``): scores, seconds per clip,
-    and the scores of each kind of motion (``kinds``)."""
+    and each clip's own scores."""
     import time
 
     import PIL.Image
@@ -146,10 +153,15 @@ def run_i2v(
         clip = _continue(pipe, PIL.Image.fromarray(case.image), case, steps=steps, frames=frames, shift=shift)
         spent += time.perf_counter() - clock
         per_clip.append(scores.score_clip(clip, case.state, case.prompt, case.image))
-    by_kind = {}
-    for kind, members in kinds([case.state for case in cases]).items():
-        by_kind[kind] = _summary([per_clip[i] for i in members], i2v=True)
-    return _summary(per_clip, i2v=True), spent / len(cases), by_kind
+    return _summary(per_clip, i2v=True), spent / len(cases), per_clip
+
+
+def by_kind(cases: list[Case], per_clip: list[scores.ClipScores]) -> dict[str, tuple[int, TaskScores]]:
+    """Clip count and image-to-video scores of each kind of motion among ``cases``."""
+    return {
+        kind: (len(members), _summary([per_clip[i] for i in members], i2v=True))
+        for kind, members in kinds([case.state for case in cases]).items()
+    }
 
 
 def kinds(states: list[world.WorldState]) -> dict[str, list[int]]:
@@ -207,16 +219,11 @@ def run_long(
         return pipe(
             image,
             case.prompt,
-            height=height,
-            width=width,
             num_frames=plan.frames,
             condition_video=condition,
             prompt_embeds=embeds,
-            num_inference_steps=steps,
-            shift=shift,
-            guidance_scale=1.0,
-            conditioning="magic141",
             generator=generator,
+            **_sampling(case, steps, shift),
         ).frames
 
     video = _uint8(torch.cat(list(chain_windows(plans, run_window))))[:total]
