@@ -158,8 +158,10 @@ def _load_engine(args, t2i=None):
 
 
 def run_generate(args) -> int:
+    import signal
+
     from .generate import GenerateRequest
-    from .pipeline_output import CancelToken
+    from .pipeline_output import CancelToken, cancelled_by
 
     request = GenerateRequest(
         prompt=args.prompt,
@@ -180,9 +182,9 @@ def run_generate(args) -> int:
     )
     engine = _load_engine(args, t2i=args.t2i)
     bar = _ProgressBar()
-    cancel = CancelToken()
     try:
-        result = engine.generate(request, progress=bar, cancel=cancel)
+        with cancelled_by(signal.SIGINT, CancelToken()) as cancel:  # Ctrl-C: stop at the next step
+            result = engine.generate(request, progress=bar, cancel=cancel)
     finally:
         bar.close()
     if args.json:

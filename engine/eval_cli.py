@@ -1,6 +1,6 @@
 """``magic141 eval``: score a world-trained model against the procedural world's ground truth.
 
-    magic141 eval [--model world] [--quick] [--json] [--out scores.json]
+    magic141 eval [--model world] [--quick] [--physics basic|full] [--json] [--out scores.json]
 
 Everything runs through the engine's own ``Magic141Pipeline`` (and, for text-to-video, the engine's
 text-to-image stage), on held-out world states:
@@ -13,7 +13,8 @@ text-to-image stage), on held-out world states:
 3. Text-to-video: the text-to-image model's first frame, then the default transformer.
 4. A 60-second sliding-window run: background and object colour drift, object still found.
 
-``--quick`` scores 8 clips per row and one long run (under 5 minutes on a CPU); the default scores
+The held-out states come from the world the model was trained on (its ``training.json``);
+``--physics`` scores it on the other one instead. ``--quick`` scores 8 clips per row and one long run (under 5 minutes on a CPU); the default scores
 48 clips and three long runs. Parsing stays torch-free so ``magic141 --help`` stays instant.
 """
 
@@ -41,6 +42,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--clips", type=int, help="clips per row (overrides --quick's and the default count)")
     parser.add_argument("--long-runs", type=int, help="how many 60-second runs (default: 1 quick, 3 full)")
     parser.add_argument("--long-seconds", type=int, default=LONG_SECONDS, help="length of each long run")
+    from .world import PHYSICS  # numpy only: parsing stays torch-free
+
+    parser.add_argument(
+        "--physics", choices=PHYSICS, help="the world to score on (default: the one it was trained on)"
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     parser.add_argument("--out", type=Path, help="also write the result as JSON to this file")
@@ -92,6 +98,7 @@ def run_eval(args) -> int:
         clips=args.clips or (QUICK_CLIPS if args.quick else FULL_CLIPS),
         long_runs=args.long_runs if args.long_runs is not None else (1 if args.quick else 3),
         long_seconds=args.long_seconds,
+        physics=args.physics,
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
@@ -115,7 +122,10 @@ def run_eval(args) -> int:
         if result["long"]:
             print(_long_table(result["long"]))
             print()
-        print(f"{result['clips']} clips per row on {result['device']}, {result['seconds']:.0f} s in all")
+        print(
+            f"{result['clips']} clips per row of the {result['physics']} world (trained on the "
+            f"{result['trained_on']} one) on {result['device']}, {result['seconds']:.0f} s in all"
+        )
     return 0
 
 
@@ -134,6 +144,7 @@ def evaluate(
     clips: int,
     long_runs: int,
     long_seconds: int = LONG_SECONDS,
+    physics: str | None = None,
     device=None,
     progress=lambda line: None,
 ) -> dict:
@@ -164,7 +175,9 @@ def evaluate(
     height, width = loaded.info.default_size
     frames = loaded.info.window_frames
     dtype = info["transformer"].dtype
-    cases = ev.eval_cases(clips, height=height, width=width, frames=frames)
+    trained_on = json.loads((folder / "training.json").read_text())["teacher"].get("physics", "basic")
+    physics = physics or trained_on
+    cases = ev.eval_cases(clips, height=height, width=width, frames=frames, physics=physics)
     default = info["transformer"]  # what the model runs by default: see its magic141.json
     default_name = json.loads((folder / "magic141.json").read_text()).get("default_transformer", "dmd2")
 
@@ -242,6 +255,8 @@ def evaluate(
         "default": default_name,
         "device": str(device),
         "clips": clips,
+        "physics": physics,
+        "trained_on": trained_on,
         "frames": frames,
         "size": [height, width],
         "steps": steps_rows,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,3 +48,25 @@ class CancelToken:
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+
+@contextmanager
+def cancelled_by(signum: int, token: CancelToken):
+    """While inside, signal ``signum`` cancels ``token``: the job stops after its current step and
+    writes nothing. A second Ctrl-C raises ``KeyboardInterrupt`` at once, as Python's default does.
+
+    A plain ``KeyboardInterrupt`` can be lost: raised while Python runs a callback inside native code
+    (a destructor, a log hook), it is printed as ignored and the job goes on. Main thread only.
+    """
+    previous = signal.getsignal(signum)
+
+    def handle(number, frame):
+        if token.cancelled and previous is signal.default_int_handler:
+            previous(number, frame)
+        token.cancel()
+
+    signal.signal(signum, handle)
+    try:
+        yield token
+    finally:
+        signal.signal(signum, previous)

@@ -195,7 +195,7 @@ def run_template(args) -> int:
 
 def run_farm_job(args) -> int:
     """Run one spec in this process; print the result JSON. Exit 0 done, 1 failed, 130 cancelled."""
-    from magic141.engine.pipeline_output import CancelToken
+    from magic141.engine.pipeline_output import CancelToken, cancelled_by
     from magic141.engine.queue import JobState
     from magic141.engine.worker import JobRunner
 
@@ -206,13 +206,9 @@ def run_farm_job(args) -> int:
         spec["source"] = {**spec["source"], "path": str(Path(args.source).resolve())}
     if args.output_dir is not None:
         spec["output_dir"] = str(Path(args.output_dir).resolve())
-    cancel = CancelToken()
-    previous = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
-    try:
-        device = None if args.device == "auto" else args.device
+    device = None if args.device == "auto" else args.device
+    with cancelled_by(signal.SIGTERM, CancelToken()) as cancel:
         outcome = JobRunner(device, previews=False).execute(args.id, spec, cancel=cancel)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if outcome.state == JobState.DONE:
         print(json.dumps(outcome.result, indent=2, sort_keys=True))
         return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from fractions import Fraction
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from magic141.engine import media
+from magic141.engine.pipeline_output import CancelToken, cancelled_by
 
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
@@ -124,10 +126,21 @@ def test_interrupted_run_leaves_no_partial_file(tmp_path):
     for line in iter(proc.stderr.readline, ""):
         if "window 2/" in line:
             break
-    proc.send_signal(__import__("signal").SIGINT)
+    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert "nothing was written" in err.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_cancels_the_job_and_a_second_one_interrupts_at_once():
+    token = CancelToken()
+    with cancelled_by(signal.SIGINT, token):
+        signal.raise_signal(signal.SIGINT)  # the job sees the token at its next step
+        assert token.cancelled
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_console_script_is_installed():

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 from magic141.engine import world
+from magic141.engine.errors import CheckpointError
 from magic141.engine.train import common, dmd2, t2i, teacher, vae
+from magic141.engine.train.components import build_dit
 from magic141.engine.train.data import state_from_json
 from safetensors.torch import load_file
 
@@ -72,6 +74,34 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, vae_run):
     b = load_file(resumed / "step-0000006" / "model-dit.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_teacher_fine_tunes_onto_the_full_world_from_a_basic_one(tmp_path, teacher_run, vae_run):
+    run = tmp_path / "full"
+    teacher.train(
+        run, vae_run, steps=2, batch=2, pool_size=8, frames=5, threads=1, quiet=True,
+        physics="full", init_run=teacher_run,
+    )
+    pool = json.loads((run / "pool" / "pool.json").read_text())
+    basic = json.loads((teacher_run / "pool" / "pool.json").read_text())
+    assert pool["physics"] == "full" and pool["scaling_factor"] == basic["scaling_factor"]
+    assert any(s["motion"] == "falls" or s["spin"] or s["pan"] for s in pool["states"])
+    meta = json.loads((run / "step-0000002" / "state.json").read_text())["meta"]
+    assert meta["physics"] == "full" and meta["init_run"] == teacher_run.name
+    # it started from the basic teacher's average, not from the seed
+    start = load_file(common.latest_checkpoint(teacher_run) / "model-ema.safetensors")
+    tuned = load_file(run / "step-0000002" / "model-ema.safetensors")
+    seeded = build_dit().state_dict()
+    assert sum((tuned[k] - start[k]).abs().sum() for k in start) < sum((tuned[k] - seeded[k]).abs().sum() for k in start)
+    # distilling it draws its held-out conditions from the full world too
+    dmd2.train(
+        tmp_path / "dmd2", run, vae_run, iterations=1, student_steps=2, batch=2, eval_every=1,
+        eval_clips=2, threads=1, quiet=True,
+    )
+    held = json.loads((tmp_path / "dmd2" / "eval-pool" / "pool.json").read_text())
+    assert held["physics"] == "full"
+    with pytest.raises(CheckpointError, match="is not a teacher run"):
+        teacher.train(tmp_path / "wrong", vae_run, steps=1, init_run=vae_run)
 
 
 def test_the_text_to_image_model_learns_its_vae_then_its_transformer(tmp_path):

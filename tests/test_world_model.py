@@ -118,6 +118,14 @@ def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(t
     assert scores.trajectory_error(found.centres, truth, 57.7) <= TRAJECTORY_BAR + 1.0  # + H.264 at 32x48
 
 
+def test_eval_cases_come_from_the_world_asked_for():
+    basic, full = (evaluate.eval_cases(24, height=32, width=48, frames=25, physics=p) for p in world.PHYSICS)
+    assert all(c.state.motion == "moves" and not (c.state.spin or c.state.pan) for c in basic)
+    assert {c.state.motion for c in full} == {"moves", "falls"}
+    assert any(c.state.spin for c in full) and any(c.state.pan for c in full)
+    assert all(c.prompt == world.caption(c.state, 1.0) for c in basic + full)
+
+
 def test_eval_quick_path_prints_every_section(tmp_path):
     out = tmp_path / "scores.json"
     done = run("eval", "--clips", "1", "--long-runs", "1", "--long-seconds", "2", "--out", str(out))
@@ -126,6 +134,7 @@ def test_eval_quick_path_prints_every_section(tmp_path):
                   "Sliding window"):
         assert title in done.stdout
     result = json.loads(out.read_text())
+    assert (result["physics"], result["trained_on"]) == ("basic", "basic")  # the shipped model's world
     # one clip of the basic world: it moves, under a still camera
     assert [r["variant"] for r in result["kinds"]] == ["moves (1 clip)", "still camera (1 clip)"]
     assert [(r["variant"], r["steps"]) for r in result["steps"]] == [

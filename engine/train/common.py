@@ -247,8 +247,13 @@ def check_positive(name: str, value: int) -> int:
     return value
 
 
-def stage_parser(module: str, doc: str, *, checkpoint_every: int) -> argparse.ArgumentParser:
-    """A training stage's command line, with the options every stage shares (``stage_options``)."""
+def stage_parser(
+    module: str, doc: str, *, checkpoint_every: int, renders: bool = False
+) -> argparse.ArgumentParser:
+    """A training stage's command line, with the options every stage shares (``stage_options``).
+
+    ``renders``: the stage draws its own world clips, so it takes ``--physics``.
+    """
     parser = argparse.ArgumentParser(prog=f"python -m magic141.engine.train.{module}", description=doc.split("\n")[0])
     parser.add_argument(
         "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
@@ -260,9 +265,16 @@ def stage_parser(module: str, doc: str, *, checkpoint_every: int) -> argparse.Ar
     parser.add_argument(
         "--stop-at", type=int, help="stop (resumably) after this step; --steps still sets the schedule"
     )
+    if renders:
+        from .. import world
+
+        parser.add_argument(
+            "--physics", choices=world.PHYSICS, default="basic", help="the world's physics (default: basic)"
+        )
     return parser
 
 
 def stage_options(args: argparse.Namespace) -> dict:
     """The shared options of ``stage_parser`` as keyword arguments of a stage's ``train``."""
-    return {key: getattr(args, key) for key in ("seed", "device", "threads", "checkpoint_every", "stop_at")}
+    keys = ("seed", "device", "threads", "checkpoint_every", "stop_at", "physics")
+    return {key: getattr(args, key) for key in keys if hasattr(args, key)}

@@ -30,11 +30,16 @@ class Clips:
 
 
 def render_clips(
-    rng: np.random.Generator, batch: int, frames: int, height: int = HEIGHT, width: int = WIDTH
+    rng: np.random.Generator,
+    batch: int,
+    frames: int,
+    height: int = HEIGHT,
+    width: int = WIDTH,
+    physics: str = "basic",
 ) -> Clips:
-    """``batch`` random world clips of ``frames`` frames."""
+    """``batch`` random world clips of ``frames`` frames (``physics``: see ``world.sample_state``)."""
     aspect = Fraction(width, height)
-    states = [world.sample_state(rng, aspect=aspect) for _ in range(batch)]
+    states = [world.sample_state(rng, aspect=aspect, physics=physics) for _ in range(batch)]
     seconds = float(Fraction(frames - 1) / FPS)
     videos, weights = [], []
     for state in states:
@@ -54,8 +59,8 @@ def to_pil(frame: np.ndarray) -> PIL.Image.Image:
 
 # Text and image tokens -------------------------------------------------------------------------
 
-TEXT_TOKENS = 64  # the basic world's longest caption is 52 bytes (the full one's 86: use 96); the key
-# mask makes padding inert
+TEXT_TOKENS = {"basic": 64, "full": 96}  # per world: its longest caption is 52 bytes (basic) or 86 (full);
+# the key mask makes padding inert
 
 
 class TextFeatures:
@@ -66,9 +71,10 @@ class TextFeatures:
     test checks against ``encode_magic141`` itself.
     """
 
-    def __init__(self, parts: dict, device: torch.device | str = "cpu") -> None:
+    def __init__(self, parts: dict, device: torch.device | str = "cpu", physics: str = "basic") -> None:
         self.parts = parts
         self.device = torch.device(device)
+        self.tokens = TEXT_TOKENS[physics]
         self._text: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
@@ -88,7 +94,7 @@ class TextFeatures:
                 blank,
                 caption,
                 self.device,
-                TEXT_TOKENS,
+                self.tokens,
             )
             n_image = self.image_token_count
             self._text[caption] = (full.embeds[0, n_image:], full.mask[0, n_image:], full.pooled[0])
@@ -194,6 +200,7 @@ class LatentPool:
     captions: list[str]
     states: list[dict]
     scaling_factor: float
+    physics: str = "basic"  # the world's physics the clips were drawn with (``world.sample_state``)
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -223,7 +230,12 @@ class LatentPool:
         tmp.replace(folder / "pool.safetensors")
         write_json_atomic(
             folder / "pool.json",
-            {"captions": self.captions, "states": self.states, "scaling_factor": self.scaling_factor},
+            {
+                "captions": self.captions,
+                "states": self.states,
+                "scaling_factor": self.scaling_factor,
+                "physics": self.physics,
+            },
         )
 
     @classmethod
@@ -261,17 +273,20 @@ def build_pool(
     *,
     scaling: float | None = None,
     clear: float = 0.0,
+    physics: str = "basic",
 ) -> LatentPool:
     """Render ``count`` clips from ``seed`` and encode them.
 
     ``scaling`` multiplies the VAE's latents; by default it is 1/std of this pool's latents (the
-    training pool sets it; evaluation pools reuse it). ``clear``: seconds before the first bounce.
+    training pool sets it; evaluation pools and fine-tuning reuse it). ``clear``: seconds before the
+    first bounce. ``physics``: see ``world.sample_state``; ``features`` must be built for the same.
     """
     from .components import WIDTH
 
     device = next(vae.parameters()).device
     rng = np.random.default_rng([seed, 7])
-    states = [world.sample_state(rng, aspect=Fraction(WIDTH, HEIGHT), clear=clear) for _ in range(count)]
+    aspect = Fraction(WIDTH, HEIGHT)
+    states = [world.sample_state(rng, aspect=aspect, clear=clear, physics=physics) for _ in range(count)]
     stale = [s.advance(float(rng.uniform(*STALE_SECONDS))) for s in states]
     seconds = float(Fraction(frames - 1) / FPS)
     raw, raw1, raw2, firsts = [], [], [], []
@@ -306,4 +321,5 @@ def build_pool(
         captions=table,
         states=[state_to_json(s) for s in states],
         scaling_factor=scaling,
+        physics=physics,
     )

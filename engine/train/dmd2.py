@@ -257,6 +257,7 @@ def train(
                 "shift": shift,
                 "seed": seed,
                 "iterations": iterations,
+                "physics": pool.physics,
             }
             common.save_checkpoint(
                 run_dir, done, {"student": student, "fake": fake}, {"student": opt_g, "fake": opt_f}, meta
@@ -266,14 +267,15 @@ def train(
 
 
 def _eval_pool(run_dir: Path, vae, pool: LatentPool, text: dict, seed: int, count: int, dist) -> LatentPool:
-    """Held-out conditions (not in the training pool), built once per run."""
+    """Held-out conditions (not in the training pool, from the same world), built once per run."""
     folder = run_dir / "eval-pool"
     if dist.main and not (folder / "pool.json").is_file():
-        features = TextFeatures(text, dist.device)
+        features = TextFeatures(text, dist.device, pool.physics)
         frames = (pool.latents.shape[2] - 1) * 4 + 1
-        build_pool(vae, features, count, seed + 10_000, frames, scaling=pool.scaling_factor, clear=0.34).save(
-            folder
-        )
+        scaling = pool.scaling_factor
+        build_pool(
+            vae, features, count, seed + 10_000, frames, scaling=scaling, clear=0.34, physics=pool.physics
+        ).save(folder)
     if dist.world > 1:
         torch.distributed.barrier()
     return LatentPool.load(folder)

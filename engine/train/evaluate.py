@@ -94,14 +94,17 @@ class Case:
     seed: int
 
 
-def eval_cases(count: int, *, height: int, width: int, frames: int, seed: int = EVAL_SEED) -> list[Case]:
+def eval_cases(
+    count: int, *, height: int, width: int, frames: int, seed: int = EVAL_SEED, physics: str = "basic"
+) -> list[Case]:
+    """``count`` held-out cases, the same for every model scored on the same ``physics``."""
     from fractions import Fraction
 
     rng = np.random.default_rng([seed])
     seconds = float(Fraction(frames - 1) / world.FPS)
     cases = []
     for i in range(count):
-        state = world.sample_state(rng, aspect=Fraction(width, height), clear=CLEAR_SECONDS)
+        state = world.sample_state(rng, aspect=Fraction(width, height), clear=CLEAR_SECONDS, physics=physics)
         cases.append(
             Case(state, world.caption(state, seconds), world.render(state, 1, height, width)[0], seed + i)
         )

@@ -61,10 +61,12 @@ def frozen_t2i_text() -> FluxPipeline:
     return pipe
 
 
-def render_images(rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+def render_images(
+    rng: np.random.Generator, batch: int, physics: str = "basic"
+) -> tuple[torch.Tensor, list[str]]:
     """World first frames [B, 3, H, W] in [-1, 1] and their clip captions (what T2V is prompted with)."""
     seconds = float(Fraction(WINDOW_FRAMES - 1) / FPS)
-    states = [world.sample_state(rng, aspect=Fraction(WIDTH, HEIGHT)) for _ in range(batch)]
+    states = [world.sample_state(rng, aspect=Fraction(WIDTH, HEIGHT), physics=physics) for _ in range(batch)]
     frames = np.stack([world.render(s, 1, HEIGHT, WIDTH)[0] for s in states])
     images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     return images, [world.caption(s, seconds) for s in states]
@@ -137,9 +139,9 @@ def image_ids_for(device, dtype=torch.float32) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate(vae, seed: int, count: int = 256) -> None:
+def calibrate(vae, seed: int, physics: str, count: int = 256) -> None:
     """Set the VAE's shift and scaling factors so that latents have zero mean and unit variance."""
-    images, _ = render_images(np.random.default_rng([seed, 99]), count)
+    images, _ = render_images(np.random.default_rng([seed, 99]), count, physics)
     latents = vae.encode(images.to(next(vae.parameters()).device)).latent_dist.mode()
     vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1 / latents.std()))
 
@@ -153,6 +155,7 @@ def train(
     lr: float = 5e-4,
     vae_lr: float = 1e-3,
     seed: int = 0,
+    physics: str = "basic",
     device: str | None = None,
     threads: int | None = None,
     checkpoint_every: int = 250,
@@ -189,7 +192,7 @@ def train(
     values: dict = {}
     for step in range(start, min(steps, stop_at or steps)):
         rng = common.step_rng(seed, step, dist.rank)
-        images, prompts = render_images(rng, per_rank)
+        images, prompts = render_images(rng, per_rank, physics)
         images = images.to(dist.device)
         generator = common.step_generator(seed, step, dist.rank)
         if step < vae_steps:
@@ -201,7 +204,7 @@ def train(
         else:
             vae.eval().requires_grad_(False)
             if step == vae_steps:  # once, before the first transformer step; resumed runs read it back
-                calibrate(vae, seed)
+                calibrate(vae, seed, physics)
             for group in [*dit_opt.param_groups, *clip_opt.param_groups]:
                 group["lr"] = lr_at(step - vae_steps, steps - vae_steps, lr, warmup=100)
             with torch.no_grad():
@@ -239,6 +242,7 @@ def train(
                 "seed": seed,
                 "steps": steps,
                 "vae_steps": vae_steps,
+                "physics": physics,
                 "vae_factors": {
                     "shift_factor": float(vae.config.shift_factor or 0.0),
                     "scaling_factor": float(vae.config.scaling_factor),
@@ -267,7 +271,7 @@ class _VAELoss(torch.nn.Module):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.stage_parser("t2i", __doc__, checkpoint_every=250)
+    parser = common.stage_parser("t2i", __doc__, checkpoint_every=250, renders=True)
     parser.add_argument("--steps", type=int, default=4000, help="total steps, the VAE's included")
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32)

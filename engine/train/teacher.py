@@ -7,15 +7,21 @@ flow matching on VAE latents of world clips.
 The first run encodes a pool of clips with the trained VAE (``run/pool/``, reused on resume and by
 the distillation stage). Each sample is image-to-video, a sliding-window continuation, or (with the
 image dropped) text-to-video; see ``flow.py``. The weights kept are an exponential moving average.
+
+``--init-run`` fine-tunes another teacher run's weights (its EMA) instead of starting from the seed,
+with that run's latent scaling: the full recipe learns the basic world first, then the full one
+(``--physics full``: gravity, spin and pans; see ``world.sample_state``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
 from . import common
 from .components import build_dit, build_vae, frozen_text_components
 from .data import CaptionPooler, LatentPool, TextFeatures, build_pool
@@ -47,14 +53,21 @@ def refresh_pooled(pool: LatentPool, text: dict) -> LatentPool:
 
 
 def ensure_pool(
-    run_dir: Path, vae_run: Path, count: int, seed: int, frames: int, dist: common.Dist
+    run_dir: Path,
+    vae_run: Path,
+    count: int,
+    seed: int,
+    frames: int,
+    dist: common.Dist,
+    physics: str = "basic",
+    scaling: float | None = None,
 ) -> LatentPool:
     """The run's latent pool: built by rank 0 on the first run, loaded by every rank after."""
     folder = Path(run_dir) / "pool"
     if dist.main and not (folder / "pool.json").is_file():
         vae = load_trained_vae(vae_run, dist.device)
-        features = TextFeatures(frozen_text_components(), dist.device)
-        build_pool(vae, features, count, seed, frames).save(folder)
+        features = TextFeatures(frozen_text_components(), dist.device, physics)
+        build_pool(vae, features, count, seed, frames, scaling=scaling, physics=physics).save(folder)
     if dist.world > 1:
         torch.distributed.barrier()
     return LatentPool.load(folder)
@@ -74,6 +87,8 @@ def train(
     warmup: int = 100,
     object_weight: float = 4.0,
     stale_captions: bool = False,
+    physics: str = "basic",
+    init_run: Path | None = None,
     device: str | None = None,
     threads: int | None = None,
     checkpoint_every: int = 250,
@@ -83,15 +98,25 @@ def train(
     dist = common.setup(device, threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pool = ensure_pool(run_dir, vae_run, pool_size, seed, frames, dist)
+    scaling = None
+    if init_run is not None:
+        init_pool = Path(init_run) / "pool" / "pool.json"
+        if not init_pool.is_file():
+            raise CheckpointError(f"--init-run {init_run} is not a teacher run: it has no pool/pool.json")
+        scaling = json.loads(init_pool.read_text())["scaling_factor"]
+    pool = ensure_pool(run_dir, vae_run, pool_size, seed, frames, dist, physics, scaling)
     text = frozen_text_components()
     pooler = CaptionPooler(text["text_encoder_2"].requires_grad_(True), text["tokenizer_2"], pool.captions)
     net = TextConditionedDiT(build_dit(seed), pooler).to(dist.device).train()
+    own = common.latest_checkpoint(run_dir)
+    if own is None and init_run is not None:
+        net.dit.load_state_dict(common.load_weights(init_run, "ema"))
+        net.pooler.clip.load_state_dict(common.load_weights(init_run, "ema_clip"))
     ema = EMA(net, ema_decay)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     start, wall = 0, 0.0
     saved = {"dit": net.dit, "clip": net.pooler.clip, "ema": ema.module.dit, "ema_clip": ema.module.pooler.clip}
-    if (folder := common.latest_checkpoint(run_dir)) is not None:
+    if (folder := own) is not None:
         state = common.load_checkpoint(folder, saved, {"dit": optimizer})
         start, wall = state["step"], state["meta"]["wall_seconds"]
     model = common.wrap(net, dist)
@@ -132,6 +157,8 @@ def train(
                 "object_weight": object_weight,
                 "stale_captions": stale_captions,
                 "mode_weights": MODE_WEIGHTS,
+                "physics": physics,
+                "init_run": None if init_run is None else Path(init_run).name,
             }
             common.save_checkpoint(run_dir, done, saved, {"dit": optimizer}, meta)
     common.teardown()
@@ -139,7 +166,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.stage_parser("teacher", __doc__, checkpoint_every=250)
+    parser = common.stage_parser("teacher", __doc__, checkpoint_every=250, renders=True)
     parser.add_argument("--vae-run", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16, help="global batch (split across ranks)")
@@ -149,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's cells")
     parser.add_argument("--stale-captions", action="store_true", help="prompt continuations with older captions")
+    parser.add_argument("--init-run", type=Path, help="a teacher run to fine-tune (its EMA weights and scaling)")
     args = parser.parse_args(argv)
     print(
         train(
@@ -162,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             ema_decay=args.ema,
             object_weight=args.object_weight,
             stale_captions=args.stale_captions,
+            init_run=args.init_run,
             **common.stage_options(args),
         )
     )

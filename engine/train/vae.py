@@ -57,6 +57,7 @@ def train(
     frames: int = 9,
     lr: float = 1e-3,
     seed: int = 0,
+    physics: str = "basic",
     device: str | None = None,
     threads: int | None = None,
     checkpoint_every: int = 200,
@@ -80,7 +81,7 @@ def train(
     clock = time.perf_counter()
     for step in range(start, min(steps, stop_at or steps)):
         rng = common.step_rng(seed, step, dist.rank)
-        clips = render_clips(rng, per_rank, frames)
+        clips = render_clips(rng, per_rank, frames, physics=physics)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr)
         loss, rec, kl = model(clips.video.to(dist.device), clips.weight.to(dist.device))
@@ -93,13 +94,13 @@ def train(
         log(step + 1, loss=float(loss.detach()), **values)
         done = step + 1
         if dist.main and (done % checkpoint_every == 0 or done in (steps, stop_at)):
-            meta = _meta(dist, wall + time.perf_counter() - clock, batch, frames, lr, seed, steps)
+            meta = _meta(dist, wall + time.perf_counter() - clock, batch, frames, lr, seed, steps, physics)
             common.save_checkpoint(run_dir, done, {"vae": vae}, {"vae": optimizer}, meta)
     common.teardown()
     return {**values, "wall_seconds": wall + time.perf_counter() - clock}
 
 
-def _meta(dist, wall: float, batch: int, frames: int, lr: float, seed: int, steps: int) -> dict:
+def _meta(dist, wall: float, batch: int, frames: int, lr: float, seed: int, steps: int, physics: str) -> dict:
     return {
         "stage": "vae",
         "wall_seconds": wall,
@@ -111,11 +112,12 @@ def _meta(dist, wall: float, batch: int, frames: int, lr: float, seed: int, step
         "lr": lr,
         "seed": seed,
         "steps": steps,
+        "physics": physics,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.stage_parser("vae", __doc__, checkpoint_every=200)
+    parser = common.stage_parser("vae", __doc__, checkpoint_every=200, renders=True)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=8, help="global batch (split across ranks)")
     parser.add_argument("--frames", type=int, default=9)
