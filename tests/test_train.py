@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from magic141.engine import world
 from magic141.engine.errors import CheckpointError
-from magic141.engine.train import common, dmd2, t2i, teacher, vae
+from magic141.engine import eval_cli
+from magic141.engine.models import load_model
+from magic141.engine.pipeline import Magic141Pipeline
+from magic141.engine.train import common, dmd2, export, report, t2i, teacher, vae
 from magic141.engine.train.components import build_dit
 from magic141.engine.train.data import state_from_json
 from safetensors.torch import load_file
@@ -76,32 +80,62 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, vae_run):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_teacher_fine_tunes_onto_the_full_world_from_a_basic_one(tmp_path, teacher_run, vae_run):
-    run = tmp_path / "full"
+@pytest.fixture(scope="module")
+def full_teacher_run(tmp_path_factory, teacher_run, vae_run) -> Path:
+    run = tmp_path_factory.mktemp("teacher-full")
     teacher.train(
         run, vae_run, steps=2, batch=2, pool_size=8, frames=5, threads=1, quiet=True,
         physics="full", init_run=teacher_run,
     )
-    pool = json.loads((run / "pool" / "pool.json").read_text())
+    return run
+
+
+def test_a_teacher_fine_tunes_onto_the_full_world_from_a_basic_one(tmp_path, full_teacher_run, teacher_run, vae_run):
+    pool = json.loads((full_teacher_run / "pool" / "pool.json").read_text())
     basic = json.loads((teacher_run / "pool" / "pool.json").read_text())
     assert pool["physics"] == "full" and pool["scaling_factor"] == basic["scaling_factor"]
     assert any(s["motion"] == "falls" or s["spin"] or s["pan"] for s in pool["states"])
-    meta = json.loads((run / "step-0000002" / "state.json").read_text())["meta"]
+    meta = json.loads((full_teacher_run / "step-0000002" / "state.json").read_text())["meta"]
     assert meta["physics"] == "full" and meta["init_run"] == teacher_run.name
     # it started from the basic teacher's average, not from the seed
     start = load_file(common.latest_checkpoint(teacher_run) / "model-ema.safetensors")
-    tuned = load_file(run / "step-0000002" / "model-ema.safetensors")
+    tuned = load_file(full_teacher_run / "step-0000002" / "model-ema.safetensors")
     seeded = build_dit().state_dict()
     assert sum((tuned[k] - start[k]).abs().sum() for k in start) < sum((tuned[k] - seeded[k]).abs().sum() for k in start)
-    # distilling it draws its held-out conditions from the full world too
-    dmd2.train(
-        tmp_path / "dmd2", run, vae_run, iterations=1, student_steps=2, batch=2, eval_every=1,
-        eval_clips=2, threads=1, quiet=True,
-    )
-    held = json.loads((tmp_path / "dmd2" / "eval-pool" / "pool.json").read_text())
-    assert held["physics"] == "full"
     with pytest.raises(CheckpointError, match="is not a teacher run"):
         teacher.train(tmp_path / "wrong", vae_run, steps=1, init_run=vae_run)
+
+
+def test_the_export_of_a_full_world_recipe_loads_runs_and_scores_on_its_world(
+    tmp_path, full_teacher_run, teacher_run, vae_run
+):
+    student = tmp_path / "dmd2"
+    dmd2.train(
+        student, full_teacher_run, vae_run, iterations=1, student_steps=2, batch=2, eval_every=1,
+        eval_clips=2, threads=1, quiet=True,
+    )
+    # distillation draws its held-out conditions from the teacher's world
+    assert json.loads((student / "eval-pool" / "pool.json").read_text())["physics"] == "full"
+    images = tmp_path / "t2i"
+    t2i.train(images, steps=3, vae_steps=2, batch=2, threads=1, quiet=True, physics="full")
+    out = export.export(
+        tmp_path / "model", vae_run=vae_run, teacher_run=full_teacher_run, student_run=student,
+        student8_run=None, t2i_run=images, default="teacher",
+    )
+    training = json.loads((out / "training.json").read_text())
+    assert [training[k]["physics"] for k in ("vae", "teacher_init", "teacher", "dmd2_4step", "t2i")] == [
+        "basic", "basic", "full", "full", "full"
+    ]
+    assert "fine-tuned on the full world" in report.compute_table(training)
+    loaded = load_model(str(out), device="cpu")
+    frames = Magic141Pipeline(**loaded.components)(
+        PIL.Image.new("RGB", (48, 32), (40, 40, 44)), "a red circle falls", height=32, width=48,
+        num_frames=5, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+    ).frames
+    assert frames.shape == (5, 32, 48, 3) and torch.isfinite(frames).all()
+    result = eval_cli.evaluate(str(out), clips=1, long_runs=0)
+    assert (result["physics"], result["trained_on"]) == ("full", "full")
+    assert [r["variant"] for r in result["steps"]] == ["teacher, Euler"] * 3 + ["DMD2 student"]
 
 
 def test_the_text_to_image_model_learns_its_vae_then_its_transformer(tmp_path):

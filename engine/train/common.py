@@ -203,6 +203,15 @@ def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(folder / f"model-{name}.safetensors")
 
 
+def run_summary(run: Path) -> dict:
+    """A run's latest step and the settings it recorded (stage, wall time, device, ...)."""
+    folder = latest_checkpoint(run)
+    if folder is None:
+        raise CheckpointError(f"{run} has no checkpoint (no {LATEST}); train that stage first")
+    state = json.loads((folder / "state.json").read_text())
+    return {"step": state["step"], **state["meta"]}
+
+
 def write_json_atomic(path: Path, data) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -12,7 +12,8 @@ like any other (``--model world`` names it), with:
 * ``variants/transformer_{teacher,4step,8step}/``: the teacher (EMA) and the 4- and 8-step students,
   but not the one in ``transformer/``, for ``magic141 eval``; the pipeline loader ignores folders it is not told of;
 * ``t2i/``: the text-to-image ``FluxPipeline`` for first frames;
-* ``training.json``: what each stage ran (steps, wall time, device), read by the model card.
+* ``training.json``: what each stage ran (steps, wall time, device, physics), read by the model card;
+  a teacher fine-tuned from another run (``--init-run``) brings that run's record too (``teacher_init``).
 
 Weights are stored as float16 safetensors (the loader casts them to the compute dtype); the folder
 is written beside its destination and swapped in, so a failed export leaves the old model intact.
@@ -69,12 +70,6 @@ def _save_dit(dit, folder: Path) -> None:
     dit.save_pretrained(folder, safe_serialization=True)
 
 
-def _run_summary(run: Path) -> dict:
-    folder = common.latest_checkpoint(run)
-    state = json.loads((folder / "state.json").read_text())
-    return {"step": state["step"], **state["meta"]}
-
-
 def export(
     out: Path,
     *,
@@ -120,14 +115,14 @@ def export(
         _save_dit(_dit_from(teacher_run, "ema"), variants / "transformer_teacher")
     if default != "dmd2":
         _save_dit(_dit_from(student_run, "student"), variants / "transformer_4step")
-    training = {
-        "vae": _run_summary(vae_run),
-        "teacher": _run_summary(teacher_run),
-        "dmd2_4step": _run_summary(student_run),
-    }
+    training = {"vae": common.run_summary(vae_run)}
+    taught = common.run_summary(teacher_run)
+    if taught.get("init_run"):  # fine-tuned from a sibling run: its cost is part of the recipe
+        training["teacher_init"] = common.run_summary(Path(teacher_run).parent / taught["init_run"])
+    training.update(teacher=taught, dmd2_4step=common.run_summary(student_run))
     if student8_run is not None:
         _save_dit(_dit_from(student8_run, "student"), variants / "transformer_8step")
-        training["dmd2_8step"] = _run_summary(student8_run)
+        training["dmd2_8step"] = common.run_summary(student8_run)
     if t2i_run is not None:
         from .t2i import build_t2i_transformer, frozen_t2i_text
 
@@ -137,7 +132,7 @@ def export(
             flux.text_encoder.load_state_dict(common.load_weights(t2i_run, "clip"))
         t2i_vae = build_t2i_vae()
         t2i_vae.load_state_dict(common.load_weights(t2i_run, "vae"))
-        summary = _run_summary(t2i_run)
+        summary = common.run_summary(t2i_run)
         t2i_vae.register_to_config(**summary["vae_factors"])
         transformer = build_t2i_transformer()
         transformer.load_state_dict(common.load_weights(t2i_run, "transformer"))

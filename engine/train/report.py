@@ -18,6 +18,7 @@ from . import common
 
 STAGES = {
     "vae": "video VAE",
+    "teacher_init": "I2V/T2V teacher (flow matching), basic world",
     "teacher": "I2V/T2V teacher (flow matching)",
     "dmd2_4step": "DMD2 4-step student (I2V)",
     "dmd2_8step": "DMD2 8-step student (I2V)",
@@ -35,6 +36,8 @@ def compute_table(training: dict, extra: dict[str, dict] | None = None) -> str:
     for key, meta in rows.items():
         total += meta["wall_seconds"]
         name = STAGES.get(key, key)
+        if key == "teacher" and meta.get("init_run"):
+            name = f"I2V/T2V teacher, fine-tuned on the {meta['physics']} world"
         lines.append(
             f"| {name} | {meta['step']} | {meta['batch']} | {meta['wall_seconds'] / 60:.1f} min | "
             f"{meta['device']} x{meta['world_size']} | {meta['threads']} |"
@@ -68,12 +71,6 @@ def convergence_table(i2v_run: Path, t2v_run: Path, key: str = "eval_valid") -> 
     return "\n".join(lines)
 
 
-def run_summary(run: Path) -> dict:
-    folder = common.latest_checkpoint(run)
-    state = json.loads((folder / "state.json").read_text())
-    return {"step": state["step"], **state["meta"]}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m magic141.engine.train.report", description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the exported model folder")
@@ -81,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t2v-run", type=Path, required=True)
     args = parser.parse_args(argv)
     training = json.loads((args.model / "training.json").read_text())
-    print(compute_table(training, {"dmd2_t2v_4step": run_summary(args.t2v_run)}))
+    print(compute_table(training, {"dmd2_t2v_4step": common.run_summary(args.t2v_run)}))
     print()
     print(convergence_table(args.i2v_run, args.t2v_run))
     return 0
