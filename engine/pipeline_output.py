@@ -53,7 +53,8 @@ class CancelToken:
 @contextmanager
 def cancelled_by(signum: int, token: CancelToken):
     """While inside, signal ``signum`` cancels ``token``: the job stops after its current step and
-    writes nothing. A second Ctrl-C raises ``KeyboardInterrupt`` at once, as Python's default does.
+    writes nothing. A second one goes to the handler that was there before, if it is a function (for
+    Ctrl-C, Python's default: ``KeyboardInterrupt`` at once); otherwise it only cancels again.
 
     Setting a flag does not depend on the exception surviving: a plain ``KeyboardInterrupt`` was once
     lost in CI (the run went on to its last window and exited 0), presumably raised inside a library
@@ -62,7 +63,7 @@ def cancelled_by(signum: int, token: CancelToken):
     previous = signal.getsignal(signum)
 
     def handle(number, frame):
-        if token.cancelled and previous is signal.default_int_handler:
+        if token.cancelled and callable(previous):
             previous(number, frame)
         token.cancel()
 

@@ -47,9 +47,9 @@ def pipe() -> Magic141Pipeline:
 
 
 def test_one_second_continuations_start_on_the_frame_and_move_as_prompted(pipe):
-    # Twelve clips the card did not use; the model gets the direction wrong on about one in six (the card),
-    # so the direction is judged as a rate, everything else clip by clip.
-    cases = evaluate.eval_cases(12, height=32, width=48, frames=25, seed=4242)
+    # Twelve clips of the world it learnt that the card did not use; the model gets the direction wrong
+    # on some (the card), so the direction is judged as a rate, everything else clip by clip.
+    cases = evaluate.eval_cases(12, height=32, width=48, frames=25, seed=4242, physics=CARD["physics"])
     psnrs, directions, pans, trajectories = [], [], [], []
     for case in cases:
         out = pipe(
@@ -113,8 +113,8 @@ def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(t
     found = world.track(frames, world.background(state, 32, 48))
     truth = world.centres_px(state, 24, 32)
     assert scores.direction_of(found.centres) == "right"
-    # the ball reaches the wall and comes back, as the world's continuation does
-    assert np.nanargmax(found.centres[:, 0]) < 23
+    # the ball reaches the wall (whether it comes back within the second is a coin flip: the card)
+    assert np.nanmax(found.centres[:, 0]) >= truth[:, 0].max() - 3.0
     assert scores.trajectory_error(found.centres, truth, 57.7) <= TRAJECTORY_BAR + 1.0  # + H.264 at 32x48
 
 
@@ -134,9 +134,10 @@ def test_eval_quick_path_prints_every_section(tmp_path):
                   "Sliding window"):
         assert title in done.stdout
     result = json.loads(out.read_text())
-    assert (result["physics"], result["trained_on"]) == ("basic", "basic")  # the shipped model's world
-    # one clip of the basic world: it moves, under a still camera
-    assert [r["variant"] for r in result["kinds"]] == ["moves (1 clip)", "still camera (1 clip)"]
+    assert result["physics"] == result["trained_on"] == CARD["physics"]  # the world the model learnt
+    case = evaluate.eval_cases(1, height=32, width=48, frames=25, physics=CARD["physics"])[0]
+    kinds = evaluate.kinds([case.state])
+    assert [r["variant"] for r in result["kinds"]] == [f"{kind} (1 clip)" for kind in kinds]
     assert [(r["variant"], r["steps"]) for r in result["steps"]] == [
         ("teacher, Euler", 50),
         ("teacher, Euler", 8),

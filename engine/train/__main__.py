@@ -1,12 +1,12 @@
 """Train the built-in ``world`` model from scratch: every stage in order, then export.
 
-    python -m magic141.engine.train --runs runs/world --out resources/world [--threads 2] [--physics full]
+    python -m magic141.engine.train --runs runs/world --out resources/world [--threads 2] [--physics basic]
 
-With ``--physics full`` (gravity, spin, camera pans) the recipe is a curriculum: the VAE and the
-teacher learn the basic world first (the same runs as ``--physics basic``, reused if present), a
-second teacher run fine-tunes that teacher on the full world, and distillation and the text-to-image
-model train on the full world. The VAE is not retrained: the basic one reconstructs full-world clips
-about as well (``resources/world/README.md``).
+The recipe is a curriculum. The VAE and the teacher learn the basic world first (constant velocity
+and walls); a second teacher run fine-tunes that teacher on the full world (gravity, spin, camera
+pans), and distillation and the text-to-image model train on the full world. The VAE is not
+retrained: the basic one reconstructs full-world clips about as well (``resources/world/README.md``).
+``--physics basic`` distils the basic teacher instead, and names its runs without ``-full``.
 
 This is the exact recipe of the shipped weights (``resources/world/README.md`` reports what it cost).
 Every stage resumes from its run folder, so an interrupted run continues where it stopped; a stage that
@@ -28,7 +28,7 @@ T2I_STEPS, T2I_VAE_STEPS = 1500, 500
 DMD2_ITERATIONS = 400  # the 4-step student; the 8-step and text-to-video runs (for the card's
 DMD2_SIDE_ITERATIONS = 200  # comparisons) get half, to fit a CPU budget
 FULL_TEACHER_STEPS, FULL_TEACHER_LR = 3000, 3e-4  # the fine-tune on the full world
-PHYSICS = "basic"  # what the shipped weights learnt (resources/world/README.md)
+PHYSICS = "full"  # what the shipped weights learnt (resources/world/README.md)
 DEFAULT = "teacher"  # at this budget it scores better with 4 Euler steps than the DMD2 student (card)
 
 

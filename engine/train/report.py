@@ -23,6 +23,7 @@ STAGES = {
     "dmd2_4step": "DMD2 4-step student (I2V)",
     "dmd2_8step": "DMD2 8-step student (I2V)",
     "t2i": "text-to-image (VAE + transformer)",
+    "dmd2_t2v_4step": "DMD2 4-step student (T2V, for the comparison)",
 }
 
 
