@@ -14,8 +14,8 @@ text-to-image stage), on held-out world states:
 4. A 60-second sliding-window run: background and object colour drift, object still found.
 
 The held-out states come from the world the model was trained on (its ``training.json``);
-``--physics`` scores it on the other one instead. ``--quick`` scores 8 clips per row and one long run (under 5 minutes on a CPU); the default scores
-48 clips and three long runs. Parsing stays torch-free so ``magic141 --help`` stays instant.
+``--physics`` scores it on the other one instead. ``--quick`` scores 8 clips per row and one long run
+(under 5 minutes on a CPU); the default scores 48 clips and three long runs. Parsing stays torch-free so ``magic141 --help`` stays instant.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A procedural world of short videos, with captions and the true continuation of every state.
 
 One shape (a circle or a square) of one colour over a background (a solid colour or a gradient of
-two). In the basic world, which the shipped ``world`` model was trained on, the object ``moves`` at
-constant speed in one of four directions, bouncing off the frame's edges. The full world
+two). In the basic world the object ``moves`` at constant speed in one of four directions, bouncing
+off the frame's edges. The full world
 (``sample_state(..., physics="full")``) adds
 
 * ``falls``: under gravity, straight down, bouncing elastically on the floor (the frame's bottom
@@ -255,8 +255,9 @@ def sample_state(
 ) -> WorldState:
     """A random state; with ``clear`` seconds, the object does not turn (``bounces``) before then.
 
-    ``physics="basic"`` draws what the shipped ``world`` model was trained on (the same draws from
-    the same generator as before gravity, spin and pans existed); ``"full"`` draws all of them.
+    ``physics="basic"`` draws constant velocity and walls only (the same draws from the same
+    generator as before gravity, spin and pans existed); ``"full"`` draws all of them. The shipped
+    ``world`` model learnt the basic world first, then the full one (its card).
     """
     if physics not in PHYSICS:
         raise InvalidInput(f"physics must be one of {', '.join(PHYSICS)}, got {physics!r}")
@@ -298,6 +299,7 @@ def sample_state(
 
 # Captions --------------------------------------------------------------------------------------
 
+_PAN_WORDS = ("pans", "pan", "panning")  # followed by left or right
 # Words a prompt may use for the direction of a fall or a rise.
 _VERTICAL_WORDS = {
     "falls": "down", "fall": "down", "falling": "down", "rises": "up", "rise": "up", "rising": "up"
@@ -332,9 +334,9 @@ def prompt_terms(prompt: str) -> dict[str, str | None]:
     words = _WORD.findall(prompt.lower())
     found: dict[str, str | None] = {"colour": None, "shape": None, "direction": None, "pan": None}
     for i, word in enumerate(words):
-        if word in ("pans", "pan", "panning") and i + 1 < len(words) and words[i + 1] in ("left", "right"):
+        if word in _PAN_WORDS and i + 1 < len(words) and words[i + 1] in ("left", "right"):
             found["pan"] = words[i + 1]
-        elif i > 0 and words[i - 1] in ("pans", "pan", "panning"):
+        elif i > 0 and words[i - 1] in _PAN_WORDS:
             continue
         elif found["colour"] is None and word in COLOURS:
             found["colour"] = word

@@ -265,7 +265,7 @@ def state_from_json(data: dict) -> world.WorldState:
 @torch.no_grad()
 def build_pool(
     vae,
-    features: TextFeatures,
+    text: dict,
     count: int,
     seed: int,
     frames: int = 25,
@@ -279,11 +279,12 @@ def build_pool(
 
     ``scaling`` multiplies the VAE's latents; by default it is 1/std of this pool's latents (the
     training pool sets it; evaluation pools and fine-tuning reuse it). ``clear``: seconds before the
-    first bounce. ``physics``: see ``world.sample_state``; ``features`` must be built for the same.
+    first bounce. ``physics``: see ``world.sample_state``. ``text``: the frozen text components.
     """
     from .components import WIDTH
 
     device = next(vae.parameters()).device
+    features = TextFeatures(text, device, physics)
     rng = np.random.default_rng([seed, 7])
     aspect = Fraction(WIDTH, HEIGHT)
     states = [world.sample_state(rng, aspect=aspect, clear=clear, physics=physics) for _ in range(count)]
@@ -305,7 +306,7 @@ def build_pool(
     stale_captions = [world.caption(s, seconds) for s in stale]
     table = sorted(set(captions_of) | set(stale_captions))
     index = {c: i for i, c in enumerate(table)}
-    text = [features.text(c) for c in table]
+    encoded = [features.text(c) for c in table]
     return LatentPool(
         latents=latents * scaling,
         cond1=torch.cat(raw1) * scaling,
@@ -314,9 +315,9 @@ def build_pool(
         stale_image_tokens=features.images(stale_frames),
         caption_index=torch.tensor([index[c] for c in captions_of]),
         stale_caption_index=torch.tensor([index[c] for c in stale_captions]),
-        text=torch.stack([t[0] for t in text]).float().cpu(),
-        text_mask=torch.stack([t[1] for t in text]).float().cpu(),
-        pooled=torch.stack([t[2] for t in text]).float().cpu(),
+        text=torch.stack([t[0] for t in encoded]).float().cpu(),
+        text_mask=torch.stack([t[1] for t in encoded]).float().cpu(),
+        pooled=torch.stack([t[2] for t in encoded]).float().cpu(),
         first_frames=first_frames,
         captions=table,
         states=[state_to_json(s) for s in states],

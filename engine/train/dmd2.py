@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import common
 from .components import build_dit
-from .data import LatentPool, TextFeatures, build_pool
+from .data import LatentPool, build_pool
 from .evaluate import decode, score_i2v, score_t2v
 from .flow import (
     Batch,
@@ -270,11 +270,10 @@ def _eval_pool(run_dir: Path, vae, pool: LatentPool, text: dict, seed: int, coun
     """Held-out conditions (not in the training pool, from the same world), built once per run."""
     folder = run_dir / "eval-pool"
     if dist.main and not (folder / "pool.json").is_file():
-        features = TextFeatures(text, dist.device, pool.physics)
         frames = (pool.latents.shape[2] - 1) * 4 + 1
         scaling = pool.scaling_factor
         build_pool(
-            vae, features, count, seed + 10_000, frames, scaling=scaling, clear=0.34, physics=pool.physics
+            vae, text, count, seed + 10_000, frames, scaling=scaling, clear=0.34, physics=pool.physics
         ).save(folder)
     if dist.world > 1:
         torch.distributed.barrier()

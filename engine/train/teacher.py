@@ -24,7 +24,7 @@ import torch
 from ..errors import CheckpointError
 from . import common
 from .components import build_dit, build_vae, frozen_text_components
-from .data import CaptionPooler, LatentPool, TextFeatures, build_pool
+from .data import CaptionPooler, LatentPool, build_pool
 from . import flow
 from .flow import EMA, TextConditionedDiT, draw_modes, fm_loss, make_batch
 from .vae import lr_at
@@ -66,8 +66,8 @@ def ensure_pool(
     folder = Path(run_dir) / "pool"
     if dist.main and not (folder / "pool.json").is_file():
         vae = load_trained_vae(vae_run, dist.device)
-        features = TextFeatures(frozen_text_components(), dist.device, physics)
-        build_pool(vae, features, count, seed, frames, scaling=scaling, physics=physics).save(folder)
+        text = frozen_text_components()
+        build_pool(vae, text, count, seed, frames, scaling=scaling, physics=physics).save(folder)
     if dist.world > 1:
         torch.distributed.barrier()
     return LatentPool.load(folder)
