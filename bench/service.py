@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from magic141.engine import home as home_dir
+from magic141 import home as home_dir
 from magic141.plugin.client import EngineClient
 
 IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"

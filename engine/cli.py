@@ -11,51 +11,9 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from .jobspec import DEFAULT_MODEL
-from .jobspec import QUANTS as QUANT_CHOICES  # torch-free: keeps `magic141 --help` instant
-
-
-def _seconds(text: str) -> Fraction:
-    try:
-        value = Fraction(text.strip())
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"--seconds must be a number such as 2 or 2.5, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--seconds must be positive, got {text!r}")
-    return value
-
-
-def _fps(text: str) -> Fraction:
-    from .media import parse_fps  # no torch in media
-    from .errors import InvalidInput
-
-    try:
-        return parse_fps(text)
-    except InvalidInput as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
-        return value
-
-    return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be a whole number, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"--seed must be between 0 and 2**63-1, got {value}")
-    return value
+from magic141 import cli_args
+from magic141.cli_args import QUANT_CHOICES
+from magic141.protocol import DEFAULT_MODEL
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -79,18 +37,18 @@ def add_job_options(gen: argparse.ArgumentParser, *, out_required: bool = True) 
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--image", type=Path, help="first frame; without it a text-to-image model makes one")
     gen.add_argument("--out", type=Path, required=out_required, help="output .mp4 (h264) or .mov (prores)")
-    gen.add_argument("--seconds", type=_seconds, default=Fraction(5))
-    gen.add_argument("--fps", type=_fps, default=Fraction(24), help="e.g. 24, 25, 24000/1001 (kept exact)")
-    gen.add_argument("--seed", type=_seed, default=0)
-    gen.add_argument("--steps", type=_positive("--steps"), help="default: 4 for distilled weights, 50 for base")
+    gen.add_argument("--seconds", type=cli_args.seconds, default=Fraction(5))
+    gen.add_argument("--fps", type=cli_args.rate, default=Fraction(24), help="e.g. 24, 25, 24000/1001 (kept exact)")
+    gen.add_argument("--seed", type=cli_args.seed, default=0)
+    gen.add_argument("--steps", type=cli_args.positive("steps"), help="default: 4 for distilled weights, 50 for base")
     gen.add_argument("--shift", type=float, default=5.0, help="flow-matching timestep shift (default 5)")
     gen.add_argument("--cfg", type=float, help="true CFG scale; 1 disables (default: 1 distilled, 6 base)")
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--height", type=_positive("--height"))
-    gen.add_argument("--width", type=_positive("--width"))
+    gen.add_argument("--height", type=cli_args.positive("height"))
+    gen.add_argument("--width", type=cli_args.positive("width"))
     gen.add_argument("--codec", choices=("h264", "prores"), help="default: from the --out suffix")
     gen.add_argument("--conditioning", choices=("magic141", "diffusers"), help="default: what the weights expect")
-    gen.add_argument("--window-overlap", type=_positive("--window-overlap"), default=2, metavar="K",
+    gen.add_argument("--window-overlap", type=cli_args.positive("window_overlap"), default=2, metavar="K",
                      help="latent frames each sliding window carries over (default 2)")
 
 
@@ -118,7 +76,7 @@ def _codec_for(args) -> str:
     return "prores" if args.out.suffix.lower() == ".mov" else "h264"
 
 
-class _ProgressBar:
+class ProgressBar:
     """One tqdm bar per window, on stderr."""
 
     def __init__(self) -> None:
@@ -181,7 +139,7 @@ def run_generate(args) -> int:
         window_overlap=args.window_overlap,
     )
     engine = _load_engine(args, t2i=args.t2i)
-    bar = _ProgressBar()
+    bar = ProgressBar()
     try:
         with cancelled_by(signal.SIGINT, CancelToken()) as cancel:  # Ctrl-C: stop at the next step
             result = engine.generate(request, progress=bar, cancel=cancel)

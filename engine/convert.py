@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import CheckpointError, InvalidInput
+from magic141.errors import CheckpointError, InvalidInput
 
 if TYPE_CHECKING:
     from diffusers import HunyuanVideoTransformer3DModel

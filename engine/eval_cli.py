@@ -153,7 +153,7 @@ def evaluate(
 
     import torch
 
-    from .errors import InvalidInput
+    from magic141.errors import InvalidInput
     from .generate import _model_width
     from .models import load_model, model_path
     from .pipeline import Magic141Pipeline

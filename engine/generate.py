@@ -19,7 +19,7 @@ import torch
 
 from . import media
 from .conditioning import CONDITIONINGS
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 from .memory import MemoryEstimate, check_fits, estimate_peak
 from .models import TINY, LoadedModel, default_t2i, load_model, parameter_counts
 from .pipeline import Magic141Pipeline

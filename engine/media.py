@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 
 # Drop-frame-era decimals people type, mapped to the rates they mean.
 NTSC_DECIMALS = {

@@ -69,7 +69,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InsufficientMemory, InvalidInput, Magic141Error
+from magic141.errors import InsufficientMemory, InvalidInput, Magic141Error
 from .quant import bytes_per_param, check_mode
 
 GiB = 1024**3

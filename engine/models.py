@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, InvalidInput
+from magic141.errors import CheckpointError, InvalidInput
 
 TINY = "tiny"
 WORLD = "world"

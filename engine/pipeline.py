@@ -23,7 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
 from .conditioning import CONDITIONINGS, PromptEmbeds, encode_diffusers, encode_magic141
-from .errors import InvalidInput, JobCancelled
+from magic141.errors import InvalidInput, JobCancelled
 from .pipeline_output import CancelToken, I2VOutput, StepProgress
 
 DIFFUSERS_NOISE_KEEP = 0.999  # diffusers keeps 99.9% noise, 0.1% image latent

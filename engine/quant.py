@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 
 QUANT_MODES = ("none", "int8", "fp8")
 

@@ -34,10 +34,10 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
-from .errors import InvalidInput, Magic141Error
+from magic141.errors import InvalidInput, JobConflict, JobNotFound, Magic141Error, SchemaTooNew
+from magic141.protocol import ACTIVE_STATES, TERMINAL_STATES, JobState
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -47,29 +47,7 @@ SCHEMA_VERSION = 1
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class JobNotFound(Magic141Error):
-    """No job has this id."""
-
-
-class JobConflict(Magic141Error):
-    """The id is taken by a job with a different spec, or the job's state does not allow the request."""
-
-
-class QueueSchemaTooNew(Magic141Error):
-    """The queue file was written by a newer Magic141 whose schema this version cannot read."""
-
-
-class JobState(str, Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    CANCELLING = "CANCELLING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-_ACTIVE = (JobState.RUNNING, JobState.CANCELLING)
+_ACTIVE = tuple(sorted(ACTIVE_STATES))
 
 
 @dataclass(frozen=True)
@@ -148,7 +126,7 @@ class JobQueue:
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise QueueSchemaTooNew(
+                raise SchemaTooNew(
                     f"queue file {self.path} has schema version {version}, but this Magic141 reads up to "
                     f"version {SCHEMA_VERSION}: upgrade Magic141 or use another queue file")
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import world
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 
 DIRECTION_FRAMES = 8  # a third of a second: long enough to see 5+ pixels of motion, short of most bounces
 MIN_MOTION_PX = 1.0

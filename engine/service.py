@@ -35,11 +35,11 @@ from starlette.routing import Route
 
 from magic141 import __version__
 
-from . import home as home_dir
+from magic141 import home as home_dir
 from .events import TERMINAL, EventHub
-from .jobspec import InvalidSpec, JobSpec
+from magic141.protocol import JobSpec
 from .queue import JobConflict, JobNotFound, JobQueue
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 from .worker import Worker
 
 API_VERSION = 1
@@ -76,7 +76,7 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
         try:
             normalised = JobSpec.from_json(spec).to_json()
             job = queue.submit(normalised, job_id=body.get("id"), priority=priority)
-        except (InvalidSpec, InvalidInput) as exc:
+        except InvalidInput as exc:
             return _error(400, str(exc))
         except JobConflict as exc:
             return _error(409, str(exc))
@@ -212,8 +212,8 @@ def serve(root: Path | None = None, *, device: str | None = None, port: int = 0)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     service_file = root / "service.json"
-    home_dir.write_json_atomically(service_file, {
-        "version": home_dir.SERVICE_FILE_VERSION, "pid": os.getpid(),
+    home_dir.write_service(root, {
+        "pid": os.getpid(),
         "url": f"http://{address[0]}:{address[1]}", "started": time.time(), "magic141": __version__,
     })
     thread.start()

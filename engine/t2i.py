@@ -38,7 +38,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from .errors import CheckpointError, InsufficientMemory, InvalidInput
+from magic141.errors import CheckpointError, InsufficientMemory, InvalidInput
 from .tiny_tokenizer import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 TINY = "tiny"

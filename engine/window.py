@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 
 
 @dataclass(frozen=True)

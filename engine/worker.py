@@ -18,10 +18,10 @@ from pathlib import Path
 
 import PIL.Image
 
-from .errors import JobCancelled, Magic141Error
+from magic141.errors import JobCancelled, Magic141Error
 from .events import EventHub
 from .generate import Engine, GenerateRequest
-from .jobspec import JobSpec
+from magic141.protocol import JobSpec
 from .pipeline_output import CancelToken, StepProgress
 from .queue import Job, JobQueue, JobState
 

@@ -43,7 +43,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .errors import InvalidInput
+from magic141.errors import InvalidInput
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (222, 52, 48),

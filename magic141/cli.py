@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     from magic141.plugin import queue_cli
     from magic141.plugin.hosts.blender import install as blender_install
 
-    parser = argparse.ArgumentParser(prog="magic141", description="Extend video clips with Magic 1-For-1.")
+    from magic141.cli_args import Parser
+
+    parser = Parser(prog="magic141", description="Extend video clips with Magic 1-For-1.")
     parser.add_argument("--version", action="version", version=f"magic141 {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine_cli.register(commands)
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_third_party()
-    from magic141.engine.errors import JobCancelled, Magic141Error
+    from magic141.errors import JobCancelled, Magic141Error
 
     try:
         return args.handler(args)

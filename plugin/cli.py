@@ -6,8 +6,9 @@ import argparse
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed
-    from magic141.engine.jobspec import DEFAULT_MODEL
+    from magic141 import cli_args
+    from magic141.cli_args import QUANT_CHOICES
+    from magic141.protocol import DEFAULT_MODEL
 
     from .timeline import MODES
 
@@ -16,20 +17,20 @@ def register(commands: argparse._SubParsersAction) -> None:
     extend.add_argument("--clip", required=True, help="clip name, or its 0-based index among video clips")
     extend.add_argument("--at", type=int, metavar="FRAME_IN_CLIP", help="frame to continue from (default: last)")
     extend.add_argument("--prompt", required=True)
-    extend.add_argument("--seconds", type=_seconds, required=True)
+    extend.add_argument("--seconds", type=cli_args.seconds, required=True)
     extend.add_argument("--mode", choices=MODES, default="insert")
     extend.add_argument("--model", default=DEFAULT_MODEL, help="world (default), tiny, or a model path")
     extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
-    extend.add_argument("--steps", type=_positive("--steps"))
-    extend.add_argument("--seed", type=_seed, default=0)
+    extend.add_argument("--steps", type=cli_args.positive("steps"))
+    extend.add_argument("--seed", type=cli_args.seed, default=0)
     extend.add_argument("--device")
     extend.add_argument("--out", help="where to save the edited timeline (default: in place, with a backup)")
     extend.set_defaults(handler=run_extend)
 
 
 def run_extend(args) -> int:
-    from magic141.engine.cli import _ProgressBar
-    from magic141.engine.errors import JobCancelled, Magic141Error
+    from magic141.engine.cli import ProgressBar
+    from magic141.errors import JobCancelled, Magic141Error
     from magic141.engine.queue import JobState
     from magic141.engine.worker import JobRunner
 
@@ -38,7 +39,7 @@ def run_extend(args) -> int:
     runner = JobRunner(args.device, previews=False)
 
     def run_job(job_id: str, spec: dict) -> dict:
-        bar = _ProgressBar()
+        bar = ProgressBar()
         try:
             outcome = runner.execute(job_id, spec, progress=bar)
         finally:

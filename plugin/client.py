@@ -17,24 +17,9 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlencode, urlsplit
 
-from magic141.engine import home as home_dir
-from magic141.engine.errors import Magic141Error
-
-
-def progress_fraction(step: int, total: int, window: int = 1, windows: int = 1) -> float:
-    """A job's progress over all its windows, 0..1, from the step/window counts its events carry."""
-    if not total:
-        return 0.0
-    done = max(window - 1, 0) * total + step
-    return min(1.0, done / (max(windows, 1) * total))
-
-
-class EngineError(Magic141Error):
-    """The service refused a request (``status`` says how) or could not be reached (status 0)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
+from magic141 import home as home_dir
+from magic141.errors import EngineError
+from magic141.protocol import Event, JobSpec, progress_fraction
 
 
 class EngineClient:
@@ -120,8 +105,8 @@ class EngineClient:
     def health(self) -> dict:
         return self.request("GET", "/v1/health")
 
-    def submit(self, spec: dict, *, job_id: str | None = None, priority: int = 0) -> dict:
-        body = {"spec": dict(spec), "priority": priority}
+    def submit(self, spec: JobSpec, *, job_id: str | None = None, priority: int = 0) -> dict:
+        body: dict = {"spec": spec.to_json(), "priority": priority}
         if job_id is not None:
             body["id"] = job_id
         return self.request("POST", "/v1/jobs", body)
@@ -138,7 +123,7 @@ class EngineClient:
     def retry(self, job_id: str) -> dict:
         return self.request("POST", f"/v1/jobs/{job_id}/retry")
 
-    def events(self, job_id: str | None = None, after: int = 0) -> Iterator[dict]:
+    def events(self, job_id: str | None = None, after: int = 0) -> Iterator[Event]:
         """Follow server-sent events (of one job until it ends, or of all jobs)."""
         query = {"after": after, **({"job": job_id} if job_id else {})}
         connection = self._connection(timeout=60.0)
@@ -151,7 +136,7 @@ class EngineClient:
             for raw in response:
                 line = raw.decode().rstrip("\n")
                 if line.startswith("data: "):
-                    yield json.loads(line[6:])
+                    yield Event.from_json(json.loads(line[6:]))
         except OSError as exc:
             raise EngineError(f"lost the engine service's event stream: {exc}") from exc
         finally:

@@ -7,7 +7,6 @@ which is the engine service's client for the panel and an in-process ``JobRunner
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import opentimelineio as otio
 
-from magic141.engine.jobspec import CODEC_SUFFIX, DEFAULT_MODEL, model_field, rational_text
+from magic141.protocol import DEFAULT_MODEL, JobSpec, Source, model_field, output_name
 
 from . import timeline as tl
 
@@ -37,10 +36,6 @@ class ExtendResult:
         return (f"{self.clip_name!r} landed on track {self.track_name} at {timecode} (frame "
                 f"{self.start.to_frames()}), {self.duration.to_frames()} frames; timeline saved to "
                 f"{self.timeline}; media {self.media}")
-
-
-def _file_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:60] or "clip"
 
 
 def media_dir_for(timeline: Path) -> Path:
@@ -65,18 +60,16 @@ def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fracti
     """The engine job that continues ``ref`` from ``frame`` at the timeline's rate, or (frame None)
     makes a clip from the prompt alone to go after ``ref``."""
     if frame is None:
-        source, kind = {"kind": "none"}, "text"
+        source, kind = Source("none"), "text"
     else:
         if ref.media_path is None or ref.offline:
             raise tl.TimelineError(f"clip {ref.name!r} is offline: {ref.reason}")
-        time = tl.media_seconds(ref, frame)
-        source, kind = {"kind": "media", "path": str(ref.media_path.resolve()), "time": rational_text(time)}, "ext"
-    return {
-        "version": 1, "source": source, "prompt": prompt, "seconds": rational_text(seconds),
-        "fps": rational_text(rate), "seed": seed, "model": model_field(model), "quant": quant, "steps": steps,
-        "codec": codec, "output_dir": str(media_dir.resolve()),
-        "output_name": f"{_file_name(ref.name)}_{kind}_{job_id}{CODEC_SUFFIX[codec]}",
-    }
+        source, kind = Source("media", str(ref.media_path.resolve()), tl.media_seconds(ref, frame)), "ext"
+    return JobSpec(
+        source=source, prompt=prompt, seconds=seconds, fps=rate, seed=seed, model=model_field(model),
+        quant=quant, steps=steps, codec=codec, output_dir=str(media_dir.resolve()),
+        output_name=output_name(ref.name, kind, job_id, codec),
+    ).to_json()
 
 
 def extend_clip(

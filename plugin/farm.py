@@ -37,8 +37,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from magic141.engine.errors import InvalidInput, Magic141Error
-from magic141.engine.jobspec import BUILTIN_MODELS
+from magic141.errors import InvalidInput, Magic141Error
+from magic141.protocol import BUILTIN_MODELS
 
 SPEC_VERSION = "jobtemplate-2023-09"
 STEP = "Generate"
@@ -62,7 +62,7 @@ def job_template(spec: dict, job_id: str, *, command: str = "magic141", gpus: in
     and the values of its PATH parameters for this job.
 
     ``gpus`` GPUs are required of the node (default: 1 unless the model is ``tiny``)."""
-    from magic141.engine.jobspec import JobSpec
+    from magic141.protocol import JobSpec
 
     parsed = JobSpec.from_json(spec)  # refuse a bad spec here, not on the farm an hour later
     job_id = _check_text("the job id", job_id)

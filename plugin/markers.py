@@ -45,7 +45,7 @@ from pathlib import Path
 
 import opentimelineio as otio
 
-from magic141.engine.jobspec import DEFAULT_MODEL, MAX_SECONDS, model_field
+from magic141.protocol import DEFAULT_MODEL, MAX_SECONDS, model_field
 
 from . import timeline as tl
 from .extend import generated_metadata, job_spec

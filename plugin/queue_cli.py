@@ -17,8 +17,10 @@ EXIT_JOB_FAILED = 1
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from magic141.engine.cli import QUANT_CHOICES, _positive, _seconds, _seed, add_job_options
-    from magic141.engine.jobspec import DEFAULT_MODEL
+    from magic141 import cli_args
+    from magic141.cli_args import QUANT_CHOICES
+    from magic141.engine.cli import add_job_options
+    from magic141.protocol import DEFAULT_MODEL
 
     queue = commands.add_parser("queue", help="the persistent render queue")
     queue.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
@@ -60,11 +62,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="wait, then put every result right after its marked clip and save the timeline")
     marks.add_argument("--out", help="with --apply: save here (default: in place, keeping NAME.bak)")
     marks.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
-    marks.add_argument("--seconds", type=_seconds, default=Fraction(5), help="where a marker has no seconds=")
-    marks.add_argument("--seed", type=_seed, default=0, help="where a marker has no seed=")
+    marks.add_argument("--seconds", type=cli_args.seconds, default=Fraction(5), help="where a marker has no seconds=")
+    marks.add_argument("--seed", type=cli_args.seed, default=0, help="where a marker has no seed=")
     marks.add_argument("--model", default=DEFAULT_MODEL)
     marks.add_argument("--quant", choices=QUANT_CHOICES, default="none")
-    marks.add_argument("--steps", type=_positive("--steps"))
+    marks.add_argument("--steps", type=cli_args.positive("steps"))
     marks.add_argument("--priority", type=int, default=0)
     marks.set_defaults(handler=run_from_timeline)
 
@@ -76,22 +78,22 @@ def _client(args):
 
 
 def spec_from_args(args) -> dict:
-    from magic141.engine.jobspec import model_field
+    from magic141.protocol import model_field
 
     if args.spec is not None:
         try:
             return json.loads(args.spec.read_text())
         except (OSError, ValueError) as exc:
-            from magic141.engine.errors import InvalidInput
+            from magic141.errors import InvalidInput
 
             raise InvalidInput(f"--spec {args.spec} cannot be read as JSON: {exc}") from exc
     if args.prompt is None:
-        from magic141.engine.errors import InvalidInput
+        from magic141.errors import InvalidInput
 
         raise InvalidInput("--prompt is required (or give --spec FILE)")
     if args.media is not None:
         if args.at is None:
-            from magic141.engine.errors import InvalidInput
+            from magic141.errors import InvalidInput
 
             raise InvalidInput("--media needs --at TIME (seconds into the video)")
         source = {"kind": "media", "path": str(args.media.resolve()), "time": args.at}
@@ -211,7 +213,7 @@ def run_from_timeline(args) -> int:
 
 
 def run_drain(args) -> int:
-    from magic141.engine import home as home_dir
+    from magic141 import home as home_dir
     from magic141.engine.queue import JobQueue
     from magic141.engine.worker import Worker
 

@@ -29,7 +29,7 @@ from urllib.request import url2pathname
 
 import opentimelineio as otio
 
-from magic141.engine.errors import Magic141Error
+from magic141.errors import Magic141Error
 
 RationalTime = otio.opentime.RationalTime
 TimeRange = otio.opentime.TimeRange

@@ -32,7 +32,7 @@ def sample_image():
 
 def stop_service(root: Path) -> None:
     """Kill the engine service a test started under ``root`` (tests leave no server behind)."""
-    from magic141.engine import home as home_dir
+    from magic141 import home as home_dir
 
     info = home_dir.read_service(root) if root.exists() else None
     if info:

@@ -187,7 +187,7 @@ def test_queue_commands_through_the_service(tmp_path):
         assert watched.returncode == 1 and "gone.png" in watched.stderr
         assert run("queue", "cancel", "nope", env=env).returncode == 2
     finally:
-        from magic141.engine import home as home_dir
+        from magic141 import home as home_dir
         info = home_dir.read_service(tmp_path / "home")
         if info:
             os.kill(info["pid"], 9)

@@ -23,7 +23,7 @@ from magic141.engine.convert import (
     read_state_dict,
     save_original_checkpoint,
 )
-from magic141.engine.errors import CheckpointError, InvalidInput
+from magic141.errors import CheckpointError, InvalidInput
 
 TINY_CONFIG = dict(
     in_channels=9,

@@ -14,7 +14,7 @@ import yaml
 from openjd.model import create_job, decode_job_template, preprocess_job_parameters
 
 from magic141.engine import media
-from magic141.engine.jobspec import InvalidSpec
+from magic141.errors import InvalidInput
 from magic141.plugin import farm
 
 PLATE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "plate.mp4"
@@ -59,7 +59,7 @@ def test_real_models_ask_for_a_gpu_and_bad_text_is_refused(tmp_path):
     decode_job_template(template=template)
     with pytest.raises(farm.FarmError, match="format string"):
         farm.job_template(spec(prompt="a {{Param.X}} sign"), "j1")
-    with pytest.raises(InvalidSpec, match="seconds"):
+    with pytest.raises(InvalidInput, match="seconds"):
         farm.job_template(spec(seconds="-1"), "j1")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from magic141.engine import media
-from magic141.engine.errors import InvalidInput
+from magic141.errors import InvalidInput
 
 W, H, FRAMES = 64, 48, 14
 PATCH = (200, 60, 30)

@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 
 from magic141.engine import media
-from magic141.engine.errors import InvalidInput
+from magic141.errors import InvalidInput
 
 H, W = 48, 64
 PATCHES = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "grey": (128, 128, 128)}

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import magic141.engine.memory as memory
-from magic141.engine.errors import InsufficientMemory, InvalidInput
+from magic141.errors import InsufficientMemory, InvalidInput
 from magic141.engine.memory import GiB, MemoryEstimate, available_bytes, check_fits, estimate_peak
 
 REAL = dict(

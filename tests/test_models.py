@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import HunyuanVideoImageToVideoPipeline
 
-from magic141.engine.errors import CheckpointError, InvalidInput
+from magic141.errors import CheckpointError, InvalidInput
 from magic141.engine.models import load_model
 from magic141.engine.pipeline import Magic141Pipeline
 

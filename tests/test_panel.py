@@ -16,7 +16,7 @@ from PIL import Image
 from PySide6.QtCore import QPoint, Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
-from magic141.engine import home as home_dir
+from magic141 import home as home_dir
 from magic141.engine import media
 from magic141.plugin import timeline as tl
 from magic141.ui.panel import Magic141Panel

@@ -8,7 +8,7 @@ import torch
 from diffusers import HunyuanVideoImageToVideoPipeline
 
 from magic141.engine.conditioning import diffusers_prompt_template
-from magic141.engine.errors import InvalidInput, JobCancelled
+from magic141.errors import InvalidInput, JobCancelled
 from magic141.engine.pipeline import Magic141Pipeline, make_scheduler
 from magic141.engine.pipeline_output import CancelToken
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from magic141.engine.errors import InvalidInput
+from magic141.errors import InvalidInput
 from magic141.engine.quant import (
     QUANT_MODES,
     bytes_per_param,

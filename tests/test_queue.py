@@ -14,14 +14,13 @@ import threading
 import time
 
 import pytest
-from magic141.engine.errors import InvalidInput
+from magic141.errors import InvalidInput
 from magic141.engine.queue import (
     Job,
     JobConflict,
     JobNotFound,
     JobQueue,
     JobState,
-    QueueSchemaTooNew,
 )
 
 
@@ -233,7 +232,7 @@ def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path):
     with sqlite3.connect(db) as raw:
         raw.execute("PRAGMA user_version=99")
     raw.close()
-    with pytest.raises(QueueSchemaTooNew, match="schema version 99.*upgrade Magic141"):
+    with pytest.raises(SchemaTooNew, match="schema version 99.*upgrade Magic141"):
         JobQueue(db)
     with pytest.raises(InvalidInput, match="max_attempts"):
         JobQueue(tmp_path / "other.db", max_attempts=0)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from magic141.engine import home as home_dir
+from magic141 import home as home_dir
 from magic141.engine import media
 from magic141.plugin.client import EngineClient, EngineError
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from magic141.engine.errors import CheckpointError, InvalidInput
+from magic141.errors import CheckpointError, InvalidInput
 from magic141.engine.t2i import TINY, build_tiny_t2i, generate_first_frame, load_t2i, size_multiple
 
 PROMPT = "a red fox running through snow"

@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 import torch
 from magic141.engine import world
-from magic141.engine.errors import CheckpointError
+from magic141.errors import CheckpointError
 from magic141.engine import eval_cli
 from magic141.engine.models import load_model
 from magic141.engine.pipeline import Magic141Pipeline

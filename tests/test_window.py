@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from magic141.engine import media
-from magic141.engine.errors import InvalidInput
+from magic141.errors import InvalidInput
 from magic141.engine.generate import Engine, GenerateRequest
 from magic141.engine.models import LoadedModel, ModelInfo
 from magic141.engine.pipeline import Magic141Pipeline

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from magic141.engine import scores, world
-from magic141.engine.errors import InvalidInput
+from magic141.errors import InvalidInput
 
 
 def state(**changes) -> world.WorldState:

@@ -23,7 +23,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QSplitter, QToolButton, QVBoxLayout, QWidget
 
-from magic141.engine.errors import Magic141Error
+from magic141.errors import Magic141Error
 from magic141.plugin import timeline as tl
 from magic141.plugin.extend import job_spec, media_dir_for
 

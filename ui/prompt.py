@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
                                QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox, QToolButton,
                                QVBoxLayout, QWidget)
 
-from magic141.engine.jobspec import BUILTIN_MODELS, DEFAULT_MODEL
+from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL
 from magic141.plugin.timeline import MODES
 
 QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores"}

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
-from magic141.engine.errors import Magic141Error
+from magic141.errors import Magic141Error
 
 
 def plain_error(exc: BaseException) -> str:

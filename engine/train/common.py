@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, InvalidInput
+from magic141.errors import CheckpointError, InvalidInput
 
 LATEST = "latest.json"
 

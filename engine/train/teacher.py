@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from magic141.errors import CheckpointError
 from . import common
 from .components import build_dit, build_vae, frozen_text_components
 from .data import CaptionPooler, LatentPool, build_pool

@@ -15,8 +15,8 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from magic141.engine.errors import Magic141Error
-from magic141.engine.jobspec import DEFAULT_MODEL
+from magic141.errors import Magic141Error
+from magic141.protocol import DEFAULT_MODEL
 from magic141.plugin.extend import media_dir_for
 from magic141.plugin.markers import parse_seconds
 
@@ -61,7 +61,7 @@ class Magic141Status(bpy.types.PropertyGroup):
 def _media_dir() -> Path:
     if bpy.data.filepath:
         return media_dir_for(Path(bpy.path.abspath(bpy.data.filepath)))
-    from magic141.engine import home
+    from magic141 import home
 
     return home.home() / "outputs" / "blender"
 

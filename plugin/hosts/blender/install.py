@@ -113,7 +113,7 @@ def run(args) -> int:
     if blender is None:
         raise VSEError("no blender on PATH: pass --blender PATH, or write the zip with --out ZIP and install "
                        "it with Edit > Preferences > Add-ons > Install...")
-    from magic141.engine import home
+    from magic141 import home
 
     zip_path = build_zip(home.home() / "blender" / f"{ADDON}.zip")
     folder = install(zip_path, blender)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import bpy
 
-from magic141.engine.errors import Magic141Error
+from magic141.errors import Magic141Error
 from magic141.plugin.extend import generated_metadata
 
 from . import scene as scene_io

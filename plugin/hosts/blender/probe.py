@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from magic141.engine.errors import Magic141Error
+from magic141.errors import Magic141Error
 
 from .strips import VSEError
 

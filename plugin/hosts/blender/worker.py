@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from magic141.engine.errors import Magic141Error
-from magic141.engine.jobspec import DEFAULT_MODEL
+from magic141.errors import Magic141Error
+from magic141.protocol import DEFAULT_MODEL
 from magic141.plugin.client import progress_fraction
 from magic141.plugin.extend import job_spec
 from magic141.plugin.markers import wait_for

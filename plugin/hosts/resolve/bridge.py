@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlsplit
 
 import opentimelineio as otio
 
-from magic141.engine.jobspec import DEFAULT_MODEL
+from magic141.protocol import DEFAULT_MODEL
 from magic141.plugin import timeline as tl
 
 PLAN_VERSION = 1
@@ -180,7 +180,7 @@ def work_copy(exported: Path, root: Path) -> Path:
 def edit(exported: Path, plan_path: Path, *, action: str, mode: str, home: str | None = None,
          seconds: Fraction = Fraction(5), model: str = DEFAULT_MODEL) -> dict:
     """Copy the exported timeline, let the editor work on it, write and return the plan."""
-    from magic141.engine import home as home_dir
+    from magic141 import home as home_dir
 
     if action not in ACTIONS:
         raise ResolveBridgeError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
@@ -245,7 +245,7 @@ def install(folder: Path | None = None, *, python: str = sys.executable, mode: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from magic141.engine.errors import Magic141Error
+    from magic141.errors import Magic141Error
 
     parser = argparse.ArgumentParser(prog="python -m magic141.plugin.hosts.resolve",
                                      description="Magic141's DaVinci Resolve bridge.")

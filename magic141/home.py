@@ -1,8 +1,9 @@
-"""Where all state lives: ``$MAGIC141_HOME`` (default: the platform's user data directory). No torch.
+"""Where all state lives: ``$MAGIC141_HOME`` (default: the platform's user data directory). Stdlib only
+at import (``platformdirs`` is imported only to find the default folder).
 
     queue.db        the persistent job queue (SQLite, WAL)
     token           the service's bearer token (mode 0600, readable by the user alone)
-    service.json    address and pid of the running service (versioned JSON)
+    service.json    address and pid of the running service (versioned JSON, ``protocol.SERVICE_FILE_VERSION``)
     logs/           service logs
     outputs/        default folder for generated media
 """
@@ -14,7 +15,8 @@ import os
 import secrets
 from pathlib import Path
 
-SERVICE_FILE_VERSION = 1
+from . import atomic
+from .protocol import SERVICE_FILE_VERSION
 
 
 def home(path: str | os.PathLike | None = None) -> Path:
@@ -30,23 +32,10 @@ def home(path: str | os.PathLike | None = None) -> Path:
     return root
 
 
-def write_json_atomically(path: Path, data: dict, mode: int = 0o600) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    os.replace(temp, path)
-
-
 def new_token(root: Path) -> str:
     """A fresh token, written so that only the user can read it (created 0600, never widened)."""
     token = secrets.token_urlsafe(32)
-    path = root / "token"
-    temp = root / f".token.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
-    os.replace(temp, path)
+    atomic.write_text(root / "token", token, mode=atomic.PRIVATE)
     return token
 
 
@@ -55,6 +44,11 @@ def read_token(root: Path) -> str | None:
         return (root / "token").read_text().strip() or None
     except OSError:
         return None
+
+
+def write_service(root: Path, data: dict) -> None:
+    """Publish the running service's address (``version`` is added here)."""
+    atomic.write_json(root / "service.json", {"version": SERVICE_FILE_VERSION, **data}, mode=atomic.PRIVATE)
 
 
 def read_service(root: Path) -> dict | None:
