@@ -33,10 +33,11 @@ import PIL.Image
 import torch
 
 from magic141.engine import media
-from magic141.engine.generate import Engine, GenerateRequest
+from magic141.engine.generate import Engine
 from magic141.engine.models import LoadedModel, ModelInfo
 from magic141.engine.pipeline import Magic141Pipeline
 from magic141.engine.quant import quantize
+from magic141.protocol import JobSpec, Source
 
 REAL_SETTINGS = ("544x960x81", "544x960x129", "480x832x81")
 TINY_SETTINGS = ("64x96x17", "64x96x33")
@@ -46,9 +47,19 @@ TINY_VARIANTS = ("bf16", "fp8", "int8", "vae-tiled", "offload")  # compile on CP
 
 def real_components() -> dict:
     """The real architectures on the meta device (no memory yet)."""
-    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from magic141.engine.tiny import CLIPImageProcessor
     from magic141.engine.tiny_tokenizer import tiny_clip_tokenizer, tiny_llama_tokenizer
@@ -57,7 +68,8 @@ def real_components() -> dict:
     with torch.device("meta"):
         transformer = HunyuanVideoTransformer3DModel(
             in_channels=33, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-            num_single_layers=40, num_refiner_layers=2, guidance_embeds=False, image_condition_type="latent_concat")
+            num_single_layers=40, num_refiner_layers=2, guidance_embeds=False,
+            image_condition_type="latent_concat")
         vae = AutoencoderKLHunyuanVideo()
         llava = LlavaConfig(
             vision_config=CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
@@ -67,9 +79,10 @@ def real_components() -> dict:
                                     pad_token_id=tokenizer.pad_token_id),
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=576)
         text_encoder = LlavaForConditionalGeneration(llava)
-        text_encoder_2 = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                                      num_hidden_layers=12, num_attention_heads=12,
-                                                      max_position_embeddings=77, eos_token_id=tokenizer_2.eos_token_id))
+        clip = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                              num_attention_heads=12, max_position_embeddings=77,
+                              eos_token_id=tokenizer_2.eos_token_id)
+        text_encoder_2 = CLIPTextModel(clip)
     processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     return {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
             "text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2, "image_processor": processor,
@@ -123,8 +136,8 @@ def run_once(pipe: Magic141Pipeline, image, height, width, frames, device) -> di
     cond = pipe.encode_video(pipe.preprocess_image(image, height, width))
     _sync(device)
     times["encode"] = time.perf_counter() - clock
-    latents, cond_block, mask = pipe.prepare_latents(cond, frames, height, width, torch.Generator().manual_seed(0),
-                                                     "magic141")
+    latents, cond_block, mask = pipe.prepare_latents(cond, frames, height, width,
+                                                     torch.Generator().manual_seed(0), "magic141")
     last = [time.perf_counter()]
 
     def on_step(_step) -> None:
@@ -149,7 +162,8 @@ def run_once(pipe: Magic141Pipeline, image, height, width, frames, device) -> di
     times["video_encode"] = time.perf_counter() - clock
     times["end_to_end"] = sum(times.values())
     times["step"] = statistics.median(steps)
-    times["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    cuda = device.startswith("cuda")
+    times["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return times
 
 
@@ -176,16 +190,17 @@ def build_pipe(tiny: bool, variant: str, device: str) -> Magic141Pipeline:
 def sliding_window(pipe: Magic141Pipeline, tiny: bool, seconds: int) -> float:
     """Seconds of compute per second of video for a long 480p (tiny: 64x96) sliding-window run."""
     height, width = (64, 96) if tiny else (480, 832)
-    info = ModelInfo(name="bench", kind="tiny" if tiny else "single-file", distilled=True, conditioning="magic141",
-                     window_frames=33 if tiny else 129, default_size=(height, width))
-    engine = Engine(LoadedModel(info, {"transformer": pipe.transformer, "vae": pipe.vae,
-                                       "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}),
-                    pipe, t2i=None)
+    info = ModelInfo(name="bench", kind="tiny" if tiny else "single-file", distilled=True,
+                     conditioning="magic141", window_frames=33 if tiny else 129, default_size=(height, width))
+    parts = {"transformer": pipe.transformer, "vae": pipe.vae, "text_encoder": pipe.text_encoder,
+             "text_encoder_2": pipe.text_encoder_2}
+    engine = Engine(LoadedModel(info, parts), pipe, t2i=None)
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / "first.png"
         PIL.Image.new("RGB", (width, height), (90, 120, 200)).save(image)
-        result = engine.generate(GenerateRequest(prompt="a slow pan", image=image, seconds=Fraction(seconds),
-                                                 height=height, width=width, out=Path(tmp) / "long.mp4"))
+        spec = JobSpec(Source("image", str(image)), "a slow pan", tmp, seconds=Fraction(seconds),
+                       height=height, width=width)
+        result = engine.generate(spec, Path(tmp) / "long.mp4")
     return result.timings["total"] / seconds
 
 
@@ -225,7 +240,8 @@ def main() -> None:
                   f"end-to-end {row['end_to_end']:.2f} s  peak {row['peak_gib']:.1f} GiB", flush=True)
         if variant == "bf16" and window_seconds:
             ratio = sliding_window(pipe, args.tiny, window_seconds)
-            rows.append({"variant": variant, "setting": f"window {window_seconds}s", "compute_per_video_s": ratio})
+            rows.append({"variant": variant, "setting": f"window {window_seconds}s",
+                         "compute_per_video_s": ratio})
             print(f"{variant:>9} sliding window {window_seconds} s: {ratio:.2f} s of compute per s of video")
         del pipe
         if device == "cuda":
@@ -242,12 +258,14 @@ def main() -> None:
     for r in rows:
         if "step" in r:
             lines.append(f"| {r['variant']} | {r['setting']} | {r['step']:.3f} | {r['step_tflop']:.1f} | "
-                         f"{r['tflops_per_s']:.1f} | {r['encode']:.2f} | {r['decode']:.2f} | {r['video_encode']:.2f} | "
+                         f"{r['tflops_per_s']:.1f} | {r['encode']:.2f} | {r['decode']:.2f} | "
+                         f"{r['video_encode']:.2f} | "
                          f"{r['end_to_end']:.2f} | {r['peak_gib']:.1f} |")
         else:
             lines.append(f"| {r['variant']} | {r['setting']} | compute per second of video: "
                          f"{r['compute_per_video_s']:.2f} s |" + " |" * 7)
-    header = f"Device: {report['device']}; CUDA {report['driver']}; torch {report['torch']}; medians of {args.repeats}.\n\n"
+    header = (f"Device: {report['device']}; CUDA {report['driver']}; torch {report['torch']}; "
+              f"medians of {args.repeats}.\n\n")
     (args.out / f"{stem}.md").write_text(header + "\n".join(lines) + "\n")
     print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
 

@@ -16,24 +16,26 @@ import signal
 import statistics
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 from magic141 import home as home_dir
 from magic141.plugin.client import EngineClient
+from magic141.protocol import EventType, JobSpec, Source
 
 IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
 
 
-def job_spec(out: Path, seed: int) -> dict:
-    return {"version": 1, "source": {"kind": "image", "path": str(IMAGE)}, "prompt": "a red ball rolls",
-            "seconds": "1/2", "height": 32, "width": 48, "seed": seed, "output_dir": str(out)}
+def job_spec(out: Path, seed: int) -> JobSpec:
+    return JobSpec(Source("image", str(IMAGE)), "a red ball rolls", str(out), seconds=Fraction(1, 2),
+                   height=32, width=48, seed=seed, model="tiny")
 
 
 def run_job(client: EngineClient, out: Path, seed: int) -> float:
     start = time.perf_counter()
     job = client.submit(job_spec(out, seed))
     last = list(client.events(job["id"]))[-1]
-    assert last["type"] == "finished", last
+    assert last.type == EventType.FINISHED, last
     return time.perf_counter() - start
 
 

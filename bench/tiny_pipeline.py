@@ -20,7 +20,8 @@ from magic141.cli import _quiet_third_party
 
 _quiet_third_party()  # before the engine imports diffusers/transformers
 
-from magic141.engine.generate import Engine, GenerateRequest  # noqa: E402
+from magic141.engine.generate import Engine  # noqa: E402
+from magic141.protocol import JobSpec, Source  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("encode", "condition", "denoise", "decode", "write", "total")
@@ -36,14 +37,11 @@ def main() -> None:
     engine = Engine.load("tiny", device="cpu")
     load = time.perf_counter() - clock
     with tempfile.TemporaryDirectory() as tmp:
-        request = GenerateRequest(
-            prompt="a red ball rolls to the right",
-            image=ROOT / "resources" / "samples" / "first_frame.png",
-            seconds=Fraction(args.seconds),
-            out=Path(tmp) / "bench.mp4",
-        )
-        result = engine.generate(request)  # warm-up
-        runs = [engine.generate(request).timings for _ in range(args.repeats)]
+        spec = JobSpec(Source("image", str(ROOT / "resources" / "samples" / "first_frame.png")),
+                       "a red ball rolls to the right", tmp, seconds=Fraction(args.seconds), model="tiny")
+        out = Path(tmp) / "bench.mp4"
+        result = engine.generate(spec, out)  # warm-up
+        runs = [engine.generate(spec, out).timings for _ in range(args.repeats)]
     median = {stage: statistics.median(run[stage] for run in runs) for stage in STAGES}
     print(f"tiny pipeline, {result.frames} frames {result.width}x{result.height}, "
           f"{result.settings['steps']} steps, {result.windows} window(s); load {load:.2f} s")

@@ -10,26 +10,33 @@ import json
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from magic141 import cli_args
 from magic141.cli_args import QUANT_CHOICES
-from magic141.protocol import DEFAULT_MODEL
+from magic141.protocol import CODECS, CONDITIONINGS, DEFAULT_MODEL, JobSpec, Source, codec_for, model_field
+from magic141.rational import rational_text
+
+if TYPE_CHECKING:
+    from .generate import Engine
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", default=DEFAULT_MODEL, help="world (default), tiny, a diffusers directory, or a DiT checkpoint file"
-    )
-    group.add_argument("--components", help="for a single-file checkpoint: where the VAE and text encoders are")
+    group.add_argument("--model", default=DEFAULT_MODEL,
+                       help="world (default), tiny, a diffusers directory, or a DiT checkpoint file")
+    group.add_argument("--components",
+                       help="for a single-file checkpoint: where the VAE and text encoders are")
     group.add_argument(
         "--allow-pickle", action="store_true", help="allow .pt/.pth/.ckpt checkpoints (loaded weights_only)"
     )
     group.add_argument("--quant", choices=QUANT_CHOICES, default="none", help="DiT weights (default: none)")
     group.add_argument("--text-quant", choices=QUANT_CHOICES, default="none", help="text encoder weights")
     group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
-    group.add_argument("--offload", action="store_true", help="lowest memory: one component on the device at a time")
-    group.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large frames)")
+    group.add_argument("--offload", action="store_true",
+                       help="lowest memory: one component on the device at a time")
+    group.add_argument("--vae-tiling", action="store_true",
+                       help="decode in tiles (less memory for large frames)")
 
 
 def add_job_options(gen: argparse.ArgumentParser, *, out_required: bool = True) -> None:
@@ -38,16 +45,18 @@ def add_job_options(gen: argparse.ArgumentParser, *, out_required: bool = True) 
     gen.add_argument("--image", type=Path, help="first frame; without it a text-to-image model makes one")
     gen.add_argument("--out", type=Path, required=out_required, help="output .mp4 (h264) or .mov (prores)")
     gen.add_argument("--seconds", type=cli_args.seconds, default=Fraction(5))
-    gen.add_argument("--fps", type=cli_args.rate, default=Fraction(24), help="e.g. 24, 25, 24000/1001 (kept exact)")
+    gen.add_argument("--fps", type=cli_args.rate, default=Fraction(24),
+                     help="e.g. 24, 25, 24000/1001 (kept exact)")
     gen.add_argument("--seed", type=cli_args.seed, default=0)
-    gen.add_argument("--steps", type=cli_args.positive("steps"), help="default: 4 for distilled weights, 50 for base")
+    gen.add_argument("--steps", type=cli_args.positive("steps"),
+                     help="default: 4 for distilled weights, 50 for base")
     gen.add_argument("--shift", type=float, default=5.0, help="flow-matching timestep shift (default 5)")
     gen.add_argument("--cfg", type=float, help="true CFG scale; 1 disables (default: 1 distilled, 6 base)")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--height", type=cli_args.positive("height"))
     gen.add_argument("--width", type=cli_args.positive("width"))
-    gen.add_argument("--codec", choices=("h264", "prores"), help="default: from the --out suffix")
-    gen.add_argument("--conditioning", choices=("magic141", "diffusers"), help="default: what the weights expect")
+    gen.add_argument("--codec", choices=tuple(CODECS), help="default: from the --out suffix")
+    gen.add_argument("--conditioning", choices=CONDITIONINGS, help="default: what the weights expect")
     gen.add_argument("--window-overlap", type=cli_args.positive("window_overlap"), default=2, metavar="K",
                      help="latent frames each sliding window carries over (default 2)")
 
@@ -70,17 +79,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=run_info)
 
 
-def _codec_for(args) -> str:
-    if args.codec:
-        return args.codec
-    return "prores" if args.out.suffix.lower() == ".mov" else "h264"
-
-
 class ProgressBar:
     """One tqdm bar per window, on stderr."""
 
     def __init__(self) -> None:
-        self._bar = None
+        self._bar: Any = None  # tqdm's bar of the current window
         self._window = 0
 
     def __call__(self, step) -> None:
@@ -99,71 +102,63 @@ class ProgressBar:
             self._bar = None
 
 
-def _load_engine(args, t2i=None):
+# The model options (add_model_options) as Engine.load takes them.
+ENGINE_OPTIONS = ("device", "quant", "text_quant", "offload", "vae_tiling", "components", "allow_pickle")
+
+
+def _load_engine(args: argparse.Namespace, t2i: str | None = None) -> Engine:
     from .generate import Engine
 
-    return Engine.load(
-        args.model,
-        device=args.device,
-        quant=args.quant,
-        text_quant=args.text_quant,
-        offload=args.offload,
-        vae_tiling=args.vae_tiling,
-        components=args.components,
-        allow_pickle=args.allow_pickle,
-        t2i=t2i,
+    return Engine.load(args.model, t2i=t2i, **{name: getattr(args, name) for name in ENGINE_OPTIONS})
+
+
+def job_spec(args: argparse.Namespace) -> JobSpec:
+    """The job ``generate``'s options ask for; the output path is checked here, before the model loads."""
+    from . import media
+
+    out = media.check_output_path(args.out.expanduser(), codec_for(args.out, args.codec)).resolve()
+    image = args.image
+    source = Source("image", str(image.expanduser().resolve())) if image is not None else Source("none")
+    return JobSpec(
+        source=source, prompt=args.prompt, output_dir=str(out.parent), output_name=out.name,
+        seconds=args.seconds, fps=args.fps, seed=args.seed, model=model_field(args.model), steps=args.steps,
+        quant=args.quant, height=args.height, width=args.width, codec=codec_for(out, args.codec),
+        shift=args.shift, guidance=args.cfg, negative_prompt=args.negative_prompt,
+        conditioning=args.conditioning, window_overlap=args.window_overlap,
     )
 
 
-def run_generate(args) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     import signal
 
-    from .generate import GenerateRequest
     from .pipeline_output import CancelToken, cancelled_by
 
-    request = GenerateRequest(
-        prompt=args.prompt,
-        out=args.out,
-        image=args.image,
-        seconds=args.seconds,
-        fps=args.fps,
-        seed=args.seed,
-        steps=args.steps,
-        shift=args.shift,
-        guidance=args.cfg,
-        negative_prompt=args.negative_prompt,
-        height=args.height,
-        width=args.width,
-        codec=_codec_for(args),
-        conditioning=args.conditioning,
-        window_overlap=args.window_overlap,
-    )
+    spec = job_spec(args)
     engine = _load_engine(args, t2i=args.t2i)
     bar = ProgressBar()
     try:
         with cancelled_by(signal.SIGINT, CancelToken()) as cancel:  # Ctrl-C: stop at the next step
-            result = engine.generate(request, progress=bar, cancel=cancel)
+            result = engine.generate(spec, args.out, progress=bar, cancel=cancel)
     finally:
         bar.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        fps = f"{result.fps.numerator}/{result.fps.denominator}" if result.fps.denominator != 1 else result.fps
         windows = f", {result.windows} windows" if result.windows > 1 else ""
         print(
-            f"wrote {result.path}: {result.frames} frames at {fps} fps, {result.width}x{result.height} "
-            f"{result.codec}{windows}, in {result.timings['total']:.1f} s"
+            f"wrote {result.path}: {result.frames} frames at {rational_text(result.fps)} fps, "
+            f"{result.width}x{result.height} {result.codec}{windows}, in {result.timings['total']:.1f} s"
         )
     return 0
 
 
-def run_serve(args) -> int:
+def run_serve(args: argparse.Namespace) -> int:
     from .service import serve
 
     serve(args.home, device=args.device)
     return 0
 
 
-def run_info(args) -> int:
+def run_info(args: argparse.Namespace) -> int:
     print(_load_engine(args).describe())
     return 0

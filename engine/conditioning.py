@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import PIL.Image
 import torch
 
-CONDITIONINGS = ("magic141", "diffusers")
+from magic141.protocol import CONDITIONINGS as CONDITIONINGS  # the pipeline checks against it
+
 HIDDEN_LAYERS_TO_SKIP = 2
 CLIP_MAX_LENGTH = 77
 LLAMA3_VOCAB = 128_000
@@ -34,7 +35,9 @@ MAGIC141_TEXT_TEMPLATE = (
     "5. camera angles, movements, and transitions used in the video:<|eot_id|>\n\n"
     "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
 )
-MAGIC141_IMAGE_TEMPLATE = "<|start_header_id|>user<|end_header_id|>\n\n<image>\nDescribe this image.<|eot_id|>"
+MAGIC141_IMAGE_TEMPLATE = (
+    "<|start_header_id|>user<|end_header_id|>\n\n<image>\nDescribe this image.<|eot_id|>"
+)
 MAGIC141_IMAGE_TOKEN_STRIDE = 4
 
 
@@ -46,8 +49,9 @@ class PromptEmbeds:
     mask: torch.Tensor  # [batch, tokens]
     pooled: torch.Tensor  # [batch, pooled_dim]
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> "PromptEmbeds":
-        return PromptEmbeds(self.embeds.to(device, dtype), self.mask.to(device, dtype), self.pooled.to(device, dtype))
+    def to(self, device: torch.device, dtype: torch.dtype) -> PromptEmbeds:
+        return PromptEmbeds(self.embeds.to(device, dtype), self.mask.to(device, dtype),
+                            self.pooled.to(device, dtype))
 
 
 def clip_pooled(text_encoder_2, tokenizer_2, prompt: str, device: torch.device) -> torch.Tensor:

@@ -34,14 +34,14 @@ import inspect
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from magic141 import atomic
 from magic141.errors import CheckpointError, InvalidInput
 
 if TYPE_CHECKING:
@@ -285,12 +285,12 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
     if suffix not in SAFETENSORS_SUFFIXES | PICKLE_SUFFIXES:
         raise CheckpointError(
             f"checkpoint {path} has an unsupported extension {suffix or '(none)'!r}; expected .safetensors "
-            f"(or {', '.join(sorted(PICKLE_SUFFIXES))} with --allow-pickle)."
+            f"(or {', '.join(sorted(PICKLE_SUFFIXES))} where pickle files are allowed).", field="model"
         )
     if not path.exists():
-        raise CheckpointError(f"checkpoint file {path} does not exist.")
+        raise CheckpointError(f"checkpoint file {path} does not exist.", field="model")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file.")
+        raise CheckpointError(f"checkpoint {path} is not a file.", field="model")
 
     if suffix in SAFETENSORS_SUFFIXES:
         from safetensors import SafetensorError
@@ -306,8 +306,8 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
         if not allow_pickle:
             raise CheckpointError(
                 f"checkpoint {path} is a pickle-based {suffix} file, which can run code when loaded; "
-                "convert it to .safetensors or opt in with --allow-pickle (allow_pickle=True) to read "
-                "it with torch.load(weights_only=True)."
+                "convert it to .safetensors, or allow pickle files to read it with "
+                "torch.load(weights_only=True).", field="allow_pickle"
             )
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -359,37 +359,46 @@ def original_to_diffusers(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     unchanged, so a later strict load reports them. The input is not modified.
     """
     out: dict[str, torch.Tensor] = {}
+    for key, tensor, module, param, found, (rule,) in _known(sd, _ORIGINAL_INDEX, out):
+        targets = [f"{_fill(t, found)}.{param}" for t in rule.diffusers]
+        if rule.kind in (_RENAME, _SWAP):
+            out[targets[0]] = _one_to_one(rule, key, tensor)
+            continue
+        if rule.kind == _QKV:
+            if tensor.ndim == 0 or tensor.shape[0] % 3:
+                raise CheckpointError(
+                    f"tensor '{key}' has shape {_shape(tensor)}; its first dimension should be 3 x the "
+                    "hidden size (fused q, k, v)."
+                )
+            sizes = [tensor.shape[0] // 3] * 3
+        else:
+            hidden = _linear1_hidden(sd, module, key, tensor)
+            if tensor.ndim == 0 or tensor.shape[0] <= 3 * hidden:
+                raise CheckpointError(
+                    f"tensor '{key}' has shape {_shape(tensor)}; its first dimension should exceed "
+                    f"3 x the hidden size {hidden} (fused q, k, v, mlp)."
+                )
+            sizes = [hidden, hidden, hidden, tensor.shape[0] - 3 * hidden]
+        for target, piece in zip(targets, torch.split(tensor, sizes, dim=0), strict=True):
+            out[target] = piece
+    return out
+
+
+def _known(sd: Mapping[str, torch.Tensor], index, out: dict[str, torch.Tensor]) -> Iterator[tuple]:
+    """``(key, tensor, module, param, match, rule entry)`` for each key of ``sd`` that a rule of
+    ``index`` knows; a key no rule knows goes into ``out`` unchanged (a later strict load reports it)."""
     for key, tensor in sd.items():
         module, param = _split_key(key)
-        found, hit = _match(_ORIGINAL_INDEX, module)
+        found, hit = _match(index, module)
         if found is None:
             out[key] = tensor
-            continue
-        (rule,) = hit
-        targets = [f"{_fill(t, found)}.{param}" for t in rule.diffusers]
-        if rule.kind == _RENAME:
-            out[targets[0]] = tensor
-        elif rule.kind == _SWAP:
-            out[targets[0]] = _swap_halves(key, tensor)
         else:
-            if rule.kind == _QKV:
-                if tensor.ndim == 0 or tensor.shape[0] % 3:
-                    raise CheckpointError(
-                        f"tensor '{key}' has shape {_shape(tensor)}; its first dimension should be 3 x the "
-                        "hidden size (fused q, k, v)."
-                    )
-                sizes = [tensor.shape[0] // 3] * 3
-            else:
-                hidden = _linear1_hidden(sd, module, key, tensor)
-                if tensor.ndim == 0 or tensor.shape[0] <= 3 * hidden:
-                    raise CheckpointError(
-                        f"tensor '{key}' has shape {_shape(tensor)}; its first dimension should exceed "
-                        f"3 x the hidden size {hidden} (fused q, k, v, mlp)."
-                    )
-                sizes = [hidden, hidden, hidden, tensor.shape[0] - 3 * hidden]
-            for target, piece in zip(targets, torch.split(tensor, sizes, dim=0), strict=True):
-                out[target] = piece
-    return out
+            yield key, tensor, module, param, found, hit
+
+
+def _one_to_one(rule: _Rule, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A renamed tensor: as it is, or with the final layer's modulation halves swapped."""
+    return _swap_halves(key, tensor) if rule.kind == _SWAP else tensor
 
 
 def _swap_halves(key: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -406,39 +415,30 @@ def _diffusers_to_original(
     sd: Mapping[str, torch.Tensor], *, strict: bool = True, source: str = "the state dict"
 ) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    for key, tensor in sd.items():
-        module, param = _split_key(key)
-        found, hit = _match(_DIFFUSERS_INDEX, module)
-        if found is None:
-            out[key] = tensor
-            continue
-        rule, _part = hit
+    for key, tensor, _module, param, found, (rule, _part) in _known(sd, _DIFFUSERS_INDEX, out):
         original_key = f"{_fill(rule.original, found)}.{param}"
         if original_key in out:
             continue  # a fused tensor already assembled from an earlier part
-        if rule.kind == _RENAME:
-            out[original_key] = tensor
-        elif rule.kind == _SWAP:
-            out[original_key] = _swap_halves(key, tensor)
-        else:
-            part_keys = [f"{_fill(t, found)}.{param}" for t in rule.diffusers]
-            missing = next((k for k in part_keys if k not in sd), None)
-            if missing is not None:
-                if not strict:
-                    continue
-                raise CheckpointError(
-                    f"{source} is missing tensor '{missing}', needed to build '{original_key}'."
-                )
-            parts = [sd[k] for k in part_keys]
-            try:
-                out[original_key] = torch.cat(parts, dim=0)
-            except RuntimeError as exc:
-                if not strict:
-                    continue
-                shapes = ", ".join(f"'{k}' {_shape(p)}" for k, p in zip(part_keys, parts, strict=True))
-                raise CheckpointError(
-                    f"{source} has tensors that cannot be fused into '{original_key}': {shapes}."
-                ) from exc
+        if rule.kind in (_RENAME, _SWAP):
+            out[original_key] = _one_to_one(rule, key, tensor)
+            continue
+        part_keys = [f"{_fill(t, found)}.{param}" for t in rule.diffusers]
+        missing = next((k for k in part_keys if k not in sd), None)
+        if missing is not None:
+            if not strict:
+                continue
+            raise CheckpointError(
+                f"{source} is missing tensor '{missing}', needed to build '{original_key}'."
+            )
+        parts = [sd[k] for k in part_keys]
+        try:
+            out[original_key] = torch.cat(parts, dim=0)
+        except RuntimeError as exc:
+            if not strict:
+                continue
+            shapes = ", ".join(f"'{k}' {_shape(p)}" for k, p in zip(part_keys, parts, strict=True))
+            message = f"{source} has tensors that cannot be fused into '{original_key}': {shapes}."
+            raise CheckpointError(message) from exc
     return out
 
 
@@ -741,12 +741,6 @@ def save_original_checkpoint(model: HunyuanVideoTransformer3DModel, path: str | 
     original = {k: t.detach().cpu().contiguous() for k, t in diffusers_to_original(state).items()}
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(original, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replacing(path) as temp:
+        save_file(original, temp, metadata={"format": "pt"})
     return path

@@ -7,15 +7,16 @@ text-to-image stage), on held-out world states:
 
 1. Steps (the paper's Table 1 at toy scale): the many-step teacher with Euler, the teacher with 8
    and 4 Euler steps, and the DMD2 students with 8 and 4 steps, on image-to-video.
-2. Precision: the model's default transformer (4 steps) with fp32 (or bf16 on CUDA) compute, bf16, int8 and fp8
-   weights (``engine/quant.py``); and the default's scores split by kind of motion (moving, falling,
-   spinning, under a panning or a still camera).
+2. Precision: the model's default transformer (4 steps) with fp32 (or bf16 on CUDA) compute, bf16,
+   int8 and fp8 weights (``engine/quant.py``); and the default's scores split by kind of motion
+   (moving, falling, spinning, under a panning or a still camera).
 3. Text-to-video: the text-to-image model's first frame, then the default transformer.
 4. A 60-second sliding-window run: background and object colour drift, object still found.
 
 The held-out states come from the world the model was trained on (its ``training.json``);
 ``--physics`` scores it on the other one instead. ``--quick`` scores 8 clips per row and one long run
-(under 5 minutes on a CPU); the default scores 48 clips and three long runs. Parsing stays torch-free so ``magic141 --help`` stays instant.
+(under 5 minutes on a CPU); the default scores 48 clips and three long runs. Parsing stays
+torch-free so ``magic141 --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -74,6 +75,18 @@ def _f(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _strict_json(value):
+    """NaN (a score that could not be measured: no object found to track) as null, which strict
+    JSON readers accept."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(item) for item in value]
+    return value
+
+
 def _long_table(runs: list[dict]) -> str:
     keys = [k for k in runs[0] if k not in ("seconds", "windows")]
     lines = [
@@ -102,11 +115,12 @@ def run_eval(args) -> int:
         device=args.device,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
+    result = _strict_json(result)
     if args.out:
-        from .train.common import write_json_atomic
+        from magic141 import atomic
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(args.out, result)
+        atomic.write_json(args.out, result, indent=1)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -117,7 +131,8 @@ def run_eval(args) -> int:
         kinds_title = f"By kind of motion (default: {result['default']}, 4 steps)"
         print(_rows_table(kinds_title, result["kinds"]))
         print()
-        print(_rows_table("Text-to-video (text-to-image first frame, then the default, 4 steps)", result["t2v"]))
+        t2v_title = "Text-to-video (text-to-image first frame, then the default, 4 steps)"
+        print(_rows_table(t2v_title, result["t2v"]))
         print()
         if result["long"]:
             print(_long_table(result["long"]))
@@ -154,6 +169,7 @@ def evaluate(
     import torch
 
     from magic141.errors import InvalidInput
+
     from .generate import _model_width
     from .models import load_model, model_path
     from .pipeline import Magic141Pipeline
@@ -161,12 +177,13 @@ def evaluate(
     from .train import evaluate as ev
 
     if clips < 1:
-        raise InvalidInput(f"--clips must be at least 1, got {clips}")
+        raise InvalidInput(f"must be at least 1, got {clips}", field="clips")
     folder = model_path(model)
     if not (folder / "training.json").is_file():
         raise InvalidInput(
-            f"--model {model}: magic141 eval scores models trained on the procedural world "
-            "(--model world, or a folder written by engine/train/export); this one has no training.json"
+            f"{model}: magic141 eval scores models trained on the procedural world "
+            "(world, or a folder written by engine/train/export); this one has no training.json",
+            field="model",
         )
     started = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -202,7 +219,8 @@ def evaluate(
             "seconds_per_clip": round(seconds, 4),
         }
 
-    variant = {"teacher": "transformer_teacher", "dmd2": "transformer_4step"}  # transformer/ holds the default
+    # transformer/ holds the default
+    variant = {"teacher": "transformer_teacher", "dmd2": "transformer_4step"}
     teacher, four = (default if default_name == name else _variant_transformer(folder, variant[name], dtype)
                      for name in ("teacher", "dmd2"))
     eight = _variant_transformer(folder, "transformer_8step", dtype)

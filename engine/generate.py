@@ -1,74 +1,33 @@
-"""One generation job, end to end: a warm ``Engine`` turns a ``GenerateRequest`` into a video file.
+"""One generation job, end to end: a warm ``Engine`` turns a ``JobSpec`` into a video file.
 
-first frame (the image, or text-to-image) -> windows of native 24 fps frames (the pipeline, chained
-by the sliding window) -> conformed to the requested rational rate -> written atomically.
-Frames stream to the writer as windows finish, so a minute of video never sits in memory at once.
+first frame (the image, a frame of the source media, or text-to-image) -> windows of native 24 fps
+frames (the pipeline, chained by the sliding window) -> conformed to the spec's rational rate ->
+written atomically. Frames stream to the writer as windows finish, so a minute of video never sits
+in memory at once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from fractions import Fraction
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 
-from . import media
-from .conditioning import CONDITIONINGS
 from magic141.errors import InvalidInput
+from magic141.protocol import CONDITIONINGS, JobResult, JobSpec
+from magic141.rational import frame_count, rational_text
+
+from . import media
 from .memory import MemoryEstimate, check_fits, estimate_peak
 from .models import TINY, LoadedModel, default_t2i, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
 from .pipeline_output import CancelToken, StepProgress
 from .quant import weight_bytes
 from .window import WindowPlan, chain_windows, plan_windows
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """Everything one job asks for. ``None`` means "the model's default"."""
-
-    prompt: str
-    out: Path
-    image: Path | None = None  # a still, or a video when image_time is given
-    image_time: Fraction | None = None  # seconds into that video: its frame there starts the clip
-    seconds: Fraction = Fraction(5)
-    fps: Fraction = Fraction(24)
-    seed: int = 0
-    steps: int | None = None
-    shift: float = 5.0
-    guidance: float | None = None
-    negative_prompt: str = ""
-    height: int | None = None
-    width: int | None = None
-    codec: str = "h264"
-    conditioning: str | None = None
-    window_overlap: int = 2  # K latent frames carried into the next window
-    colour_anchor: float = 1.0
-    preview: bool = False
-
-
-@dataclass(frozen=True)
-class GenerateResult:
-    path: Path
-    frames: int
-    fps: Fraction
-    width: int
-    height: int
-    codec: str
-    windows: int
-    settings: dict  # what was actually used, defaults resolved
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        data = asdict(self)
-        data["path"] = str(self.path)
-        data["fps"] = f"{self.fps.numerator}/{self.fps.denominator}"
-        return data
 
 
 def bucket_size(aspect: float, area: int, multiple: int) -> tuple[int, int]:
@@ -83,7 +42,8 @@ def fit_image(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Imag
     scale = max(width / image.width, height / image.height)
     crop_w, crop_h = round(width / scale), round(height / scale)
     left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), PIL.Image.LANCZOS)
+    cropped = image.crop((left, top, left + crop_w, top + crop_h))
+    return cropped.resize((width, height), PIL.Image.Resampling.LANCZOS)
 
 
 def _model_width(module) -> int:
@@ -108,26 +68,18 @@ def conform(native_chunks, indices: list[int]):
         seen = stop
 
 
+@dataclass(eq=False)
 class Engine:
     """A loaded model and its pipeline, kept warm between jobs."""
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        pipe: Magic141Pipeline,
-        *,
-        t2i: str | None,
-        quant: str = "none",
-        text_quant: str = "none",
-        vae_tiling: bool = False,
-    ) -> None:
-        self.model = model
-        self.pipe = pipe
-        self.t2i_source = t2i
-        self.quant = quant
-        self.text_quant = text_quant
-        self.vae_tiling = vae_tiling
-        self._t2i = None
+    model: LoadedModel
+    pipe: Magic141Pipeline
+    _: KW_ONLY
+    t2i: str | None  # the text-to-image model that makes first frames for text-to-video (None: none)
+    quant: str = "none"
+    text_quant: str = "none"
+    vae_tiling: bool = False
+    _t2i_pipe: object = field(default=None, init=False, repr=False)  # loaded on first use
 
     @classmethod
     def load(
@@ -214,7 +166,7 @@ class Engine:
         height, width = info.default_size
         estimate = self.estimate_memory(height, width, info.window_frames, info.default_guidance)
         lines = [
-            f"model        {info.name} ({info.kind}; {'distilled' if info.distilled else 'base'} weights)",
+            f"model        {info.name} ({info.kind}; {info.weights})",
             f"transformer  {type(parts['transformer']).__name__}: {config.num_layers} double + "
             f"{config.num_single_layers} single blocks, {config.num_attention_heads} heads x "
             f"{config.attention_head_dim}, in {config.in_channels} / out {config.out_channels} channels, "
@@ -223,121 +175,129 @@ class Engine:
             f"vae          {type(parts['vae']).__name__}: {self.pipe.latent_channels} latent channels, "
             f"{self.pipe.vae_scale_temporal}x temporal / {self.pipe.vae_scale_spatial}x spatial",
             f"text         {type(parts['text_encoder']).__name__} + {type(parts['text_encoder_2']).__name__}",
-            "parameters   " + ", ".join(f"{name} {n:,}" for name, n in counts.items()) + f" (total {sum(counts.values()):,})",
+            "parameters   " + ", ".join(f"{name} {n:,}" for name, n in counts.items())
+            + f" (total {sum(counts.values()):,})",
             f"dtype        {parts['transformer'].dtype}".replace("torch.", "") + f" on {self.pipe.device}, "
             f"DiT quantization {self.quant}",
             f"defaults     {info.default_steps} steps, CFG {info.default_guidance:g}, conditioning "
-            f"{info.conditioning}, {height}x{width}, windows of {info.window_frames} frames at {info.native_fps} fps",
+            f"{info.conditioning}, {height}x{width}, windows of {info.window_frames} frames at "
+            f"{info.native_fps} fps",
             f"memory       {estimate.describe()} for one {height}x{width}x{info.window_frames} window",
         ]
         return "\n".join(lines)
 
     # Settings ------------------------------------------------------------------------------
 
-    def resolve(self, request: GenerateRequest, image: PIL.Image.Image | None) -> GenerateRequest:
-        """Fill the model's defaults in and check the request before any heavy work."""
+    def resolve(self, spec: JobSpec, image: PIL.Image.Image | None) -> JobSpec:
+        """The spec with this model's defaults filled in, checked before any heavy work."""
         info = self.model.info
-        if not request.prompt.strip():
-            raise InvalidInput("--prompt is empty; describe what should happen in the clip")
-        if request.seconds <= 0:
-            raise InvalidInput(f"--seconds must be positive, got {request.seconds}")
-        if request.codec not in media.CODECS:
-            raise InvalidInput(f"--codec must be one of {', '.join(media.CODECS)}, got {request.codec!r}")
-        conditioning = request.conditioning or info.conditioning
+        if not spec.prompt.strip():
+            raise InvalidInput("is empty; describe what should happen in the clip", field="prompt")
+        conditioning = spec.conditioning or info.conditioning
         if conditioning not in CONDITIONINGS:
-            raise InvalidInput(f"--conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")
-        height, width = request.height, request.width
+            raise InvalidInput(f"must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}",
+                               field="conditioning")
+        height, width = spec.height, spec.width
         multiple = self.pipe.size_multiple
         if height is None or width is None:
             default_h, default_w = info.default_size
             aspect = image.width / image.height if image is not None else default_w / default_h
             bucket_h, bucket_w = bucket_size(aspect, default_h * default_w, multiple)
             height, width = height or bucket_h, width or bucket_w
-        for name, value in (("--height", height), ("--width", width)):
-            if value <= 0 or value % multiple:
-                raise InvalidInput(f"{name} must be a positive multiple of {multiple}, got {value}")
-        return replace(
-            request,
+        for name, value in (("height", height), ("width", width)):
+            if value % multiple:
+                raise InvalidInput(f"must be a multiple of {multiple} for this model, got {value}",
+                                   field=name)
+        return spec.replace(
             conditioning=conditioning,
-            steps=request.steps or info.default_steps,
-            guidance=request.guidance if request.guidance is not None else info.default_guidance,
+            steps=spec.steps or info.default_steps,
+            guidance=spec.guidance if spec.guidance is not None else info.default_guidance,
             height=height,
             width=width,
         )
 
-    def first_frame(self, request: GenerateRequest) -> PIL.Image.Image:
-        if request.image is not None and request.image_time is not None:
-            return media.grab_frame(request.image, request.image_time)
-        if request.image is not None:
-            return media.load_image(request.image)
-        if self.t2i_source is None:
-            raise InvalidInput("no --image given: pass --image, or --t2i DIR for a text-to-image model")
+    def first_frame(self, spec: JobSpec) -> PIL.Image.Image:
+        source = spec.source
+        if source.path is not None:  # a still, or a frame ``time`` seconds into a video
+            return media.load_image(source.path) if source.time is None else media.grab_frame(source.path,
+                                                                                               source.time)
+        if self.t2i is None:
+            raise InvalidInput(f"is needed: {self.model.info.name} has no text-to-image model to make a "
+                               "first frame from the prompt; give an image, or a text-to-image model (t2i)",
+                               field="source")
         from .t2i import generate_first_frame, load_t2i
 
-        if self._t2i is None:
-            self._t2i = load_t2i(self.t2i_source, device=self.pipe.device)
+        if self._t2i_pipe is None:
+            self._t2i_pipe = load_t2i(self.t2i, device=self.pipe.device)
         default_h, default_w = self.model.info.default_size
-        height = request.height or default_h
-        width = request.width or default_w
-        return generate_first_frame(self._t2i, request.prompt, height=height, width=width, seed=request.seed)
+        height = spec.height or default_h
+        width = spec.width or default_w
+        return generate_first_frame(self._t2i_pipe, spec.prompt, height=height, width=width, seed=spec.seed)
 
     # The job -------------------------------------------------------------------------------
 
     def generate(
         self,
-        request: GenerateRequest,
+        spec: JobSpec,
+        out: str | Path,
         *,
+        preview: bool = False,
         progress: Callable[[StepProgress], None] | None = None,
         cancel: CancelToken | None = None,
-    ) -> GenerateResult:
+        colour_anchor: float = 1.0,
+    ) -> JobResult:
+        """Make ``spec``'s clip at ``out`` (its folder must exist; the suffix must fit ``spec.codec``).
+
+        ``colour_anchor``: how strongly each later window's colour is matched to the first's (0: not).
+        """
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        n_out = media.frame_count(request.seconds, request.fps)
-        out = Path(request.out)
-        media.check_output_path(out, request.codec)
-        if request.image is not None and out.resolve() == Path(request.image).resolve():
-            raise InvalidInput(f"--out {out} is the source itself; source media is never written")
+        n_out = frame_count(spec.seconds, spec.fps)
+        out = media.check_output_path(out, spec.codec)
+        if spec.source.path is not None and out.resolve() == Path(spec.source.path).resolve():
+            raise InvalidInput(f"{out} is the source itself; source media is never written", field="out")
         clock = time.perf_counter()
-        image = self.first_frame(request)
+        image = self.first_frame(spec)
         timings["first_frame"] = time.perf_counter() - clock
-        request = self.resolve(request, image)
-        image = fit_image(image, request.height, request.width)
+        spec = self.resolve(spec, image)
+        assert spec.height and spec.width and spec.guidance and spec.conditioning  # resolved, for mypy
+        image = fit_image(image, spec.height, spec.width)
 
         info, pipe = self.model.info, self.pipe
-        native = media.native_frames_needed(n_out, request.fps, info.native_fps)
+        native = media.native_frames_needed(n_out, spec.fps, info.native_fps)
         plans = plan_windows(
             native,
             window_frames=info.window_frames,
-            overlap_latents=request.window_overlap,
-            dropped=pipe.frames_dropped(request.conditioning),
+            overlap_latents=spec.window_overlap,
+            dropped=pipe.frames_dropped(spec.conditioning),
             multiple=pipe.frame_multiple,
         )
-        indices = media.conform_indices(n_out, request.fps, info.native_fps)
-        estimate = self.estimate_memory(request.height, request.width, plans[0].frames, request.guidance)
+        indices = media.conform_indices(n_out, spec.fps, info.native_fps)
+        estimate = self.estimate_memory(spec.height, spec.width, plans[0].frames, spec.guidance)
         check_fits(estimate, pipe.device, resident_bytes=self.resident_bytes())
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        common = dict(
-            height=request.height,
-            width=request.width,
-            num_inference_steps=request.steps,
-            shift=request.shift,
-            guidance_scale=request.guidance,
-            conditioning=request.conditioning,
-            generator=generator,
-            cancel=cancel,
-            preview=request.preview,
-        )
 
         clock = time.perf_counter()
-        embeds = pipe.encode_prompt(image, request.prompt, request.conditioning)
+        embeds = pipe.encode_prompt(image, spec.prompt, spec.conditioning)
         negative = None
-        if request.guidance > 1.0:
-            black = PIL.Image.new("RGB", (request.width, request.height), 0)
-            negative = pipe.encode_prompt(black, request.negative_prompt, request.conditioning)
+        if spec.guidance > 1.0:
+            black = PIL.Image.new("RGB", (spec.width, spec.height), 0)
+            negative = pipe.encode_prompt(black, spec.negative_prompt, spec.conditioning)
         pipe.release_text()
         timings["encode"] = time.perf_counter() - clock
-
-        metadata = {"comment": f"magic141 prompt={request.prompt!r} seed={request.seed} model={info.name}"}
+        # What every window shares; each adds its own length, condition and progress.
+        common = dict(
+            height=spec.height,
+            width=spec.width,
+            num_inference_steps=spec.steps,
+            shift=spec.shift,
+            guidance_scale=spec.guidance,
+            conditioning=spec.conditioning,
+            generator=torch.Generator("cpu").manual_seed(spec.seed),
+            cancel=cancel,
+            preview=preview,
+            prompt_embeds=embeds,
+            negative_prompt_embeds=negative,
+        )
         stage_totals = {"condition": 0.0, "denoise": 0.0, "decode": 0.0, "write": 0.0}
 
         def run_window(plan: WindowPlan, condition: torch.Tensor | None) -> torch.Tensor:
@@ -345,24 +305,16 @@ class Engine:
                 if progress is not None:
                     progress(replace(step, window=plan.index, windows=len(plans)))
 
-            result = pipe(
-                image,
-                request.prompt,
-                num_frames=plan.frames,
-                condition_video=condition,
-                prompt_embeds=embeds,
-                negative_prompt_embeds=negative,
-                progress=report,
-                **common,
-            )
-            stage_totals["condition"] += result.timings["encode"]
-            stage_totals["denoise"] += result.timings["denoise"]
-            stage_totals["decode"] += result.timings["decode"]
-            return result.frames
+            made = pipe(image, spec.prompt, num_frames=plan.frames, condition_video=condition,
+                        progress=report, **common)
+            for stage, key in (("condition", "encode"), ("denoise", "denoise"), ("decode", "decode")):
+                stage_totals[stage] += made.timings[key]
+            return made.frames
 
-        native_chunks = chain_windows(plans, run_window, request.colour_anchor)
+        metadata = {"comment": f"magic141 prompt={spec.prompt!r} seed={spec.seed} model={info.name}"}
+        native_chunks = chain_windows(plans, run_window, colour_anchor)
         with media.VideoWriter(
-            out, fps=request.fps, codec=request.codec, width=request.width, height=request.height, metadata=metadata
+            out, fps=spec.fps, codec=spec.codec, width=spec.width, height=spec.height, metadata=metadata
         ) as writer:
             written = 0
             for chunk in conform(native_chunks, indices):
@@ -377,26 +329,18 @@ class Engine:
         settings = {
             "model": info.name,
             "quant": self.quant,
-            "prompt": request.prompt,
-            "seed": request.seed,
-            "steps": request.steps,
-            "shift": request.shift,
-            "guidance": request.guidance,
-            "conditioning": request.conditioning,
-            "height": request.height,
-            "width": request.width,
-            "seconds": str(request.seconds),
+            "prompt": spec.prompt,
+            "seed": spec.seed,
+            "steps": spec.steps,
+            "shift": spec.shift,
+            "guidance": spec.guidance,
+            "conditioning": spec.conditioning,
+            "height": spec.height,
+            "width": spec.width,
+            "seconds": rational_text(spec.seconds),
             "native_frames": native,
-            "window_overlap": request.window_overlap,
+            "window_overlap": spec.window_overlap,
         }
-        return GenerateResult(
-            path=out,
-            frames=n_out,
-            fps=request.fps,
-            width=request.width,
-            height=request.height,
-            codec=request.codec,
-            windows=len(plans),
-            settings=settings,
-            timings=timings,
-        )
+        return JobResult(path=str(out.resolve()), frames=n_out, fps=spec.fps, width=spec.width,
+                         height=spec.height, codec=spec.codec, windows=len(plans), settings=settings,
+                         timings=timings)

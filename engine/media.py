@@ -8,65 +8,30 @@ converted back with the same matrix, explicitly, rather than trusting a decoder 
 from __future__ import annotations
 
 import os
-import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from magic141 import atomic
 from magic141.errors import InvalidInput
+from magic141.protocol import CODECS
+from magic141.rational import rational_text
 
-# Drop-frame-era decimals people type, mapped to the rates they mean.
-NTSC_DECIMALS = {
-    "23.976": Fraction(24000, 1001),
-    "23.98": Fraction(24000, 1001),
-    "29.97": Fraction(30000, 1001),
-    "47.952": Fraction(48000, 1001),
-    "59.94": Fraction(60000, 1001),
-    "119.88": Fraction(120000, 1001),
+ENCODERS = {
+    # codec (protocol.CODECS names it and its suffix): (encoder, pixel format, encoder options)
+    "h264": ("libx264", "yuv420p", {"crf": "16", "preset": "medium", "movflags": "+faststart"}),
+    "prores": ("prores_ks", "yuv422p10le", {"profile": "3", "vendor": "apl0"}),  # 3 = 422 HQ
 }
-MAX_FPS = 1000
-
-CODECS = {
-    # codec: (encoder, pixel format, file suffix, encoder options)
-    "h264": ("libx264", "yuv420p", ".mp4", {"crf": "16", "preset": "medium", "movflags": "+faststart"}),
-    "prores": ("prores_ks", "yuv422p10le", ".mov", {"profile": "3", "vendor": "apl0"}),  # 3 = 422 HQ
-}
+assert ENCODERS.keys() == CODECS.keys(), "every codec of the protocol needs an encoder here"
 BT709 = 1  # the ITU-T H.273 code for BT.709 primaries, transfer and matrix
 RANGE_LIMITED = 1  # AVCOL_RANGE_MPEG
-
-
-def fps_text(fps: Fraction) -> str:
-    return f"{fps.numerator}/{fps.denominator}"
-
-
-def parse_fps(text: str) -> Fraction:
-    """'24', '25', '24000/1001', '29.97' (-> 30000/1001), '12.5' -> an exact Fraction."""
-    raw = str(text).strip()
-    if raw in NTSC_DECIMALS:
-        return NTSC_DECIMALS[raw]
-    try:
-        fps = Fraction(raw)
-    except (ValueError, ZeroDivisionError):
-        raise InvalidInput(f"--fps must be a rate such as 24, 25, 24000/1001 or 29.97, got {text!r}") from None
-    if fps <= 0 or fps > MAX_FPS:
-        raise InvalidInput(f"--fps must be between 0 and {MAX_FPS}, got {text!r}")
-    return fps
-
-
-def frame_count(seconds: Fraction | float | str, fps: Fraction) -> int:
-    """round(seconds * fps), exactly (a float 1.1 is read as 11/10, not its binary neighbour)."""
-    seconds = Fraction(str(seconds)) if isinstance(seconds, float) else Fraction(seconds)
-    if seconds <= 0:
-        raise InvalidInput(f"--seconds must be positive, got {seconds}")
-    count = round(seconds * fps)
-    if count < 1:
-        raise InvalidInput(f"{seconds} s at {fps_text(fps)} fps is less than one frame")
-    return count
 
 
 def conform_indices(n_out: int, out_fps: Fraction, native_fps: Fraction) -> list[int]:
@@ -116,7 +81,7 @@ class VideoInfo:
         return {
             "path": str(self.path),
             "frames": self.frames,
-            "fps": fps_text(self.fps),
+            "fps": rational_text(self.fps),
             "codec": self.codec,
             "width": self.width,
             "height": self.height,
@@ -124,51 +89,54 @@ class VideoInfo:
 
 
 def check_output_path(path: str | os.PathLike, codec: str) -> Path:
-    """Refuse a path we could not write before any work is done."""
+    """Refuse a path we could not write before any work is done. The folder must exist: a
+    mistyped folder is an error to report, never a tree to create."""
     path = Path(path)
     if codec not in CODECS:
-        raise InvalidInput(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
-    suffix = CODECS[codec][2]
+        raise InvalidInput(f"must be one of {', '.join(CODECS)}, got {codec!r}", field="codec")
+    suffix = CODECS[codec]
     if path.suffix.lower() != suffix:
-        raise InvalidInput(f"--out {path} must end in {suffix} for {codec}")
+        raise InvalidInput(f"{path} must end in {suffix} for {codec}", field="out")
     if path.is_dir():
-        raise InvalidInput(f"--out {path} is a folder")
-    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # made on write
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidInput(f"--out {path}: {existing} is not a writable folder")
+        raise InvalidInput(f"{path} is a folder", field="out")
+    folder = path.parent
+    if not folder.exists():
+        raise InvalidInput(f"the folder {folder} does not exist; create it first", field="out")
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidInput(f"{path}: {folder} is not a writable folder", field="out")
     return path
 
 
 class VideoWriter:
     """Stream RGB frames into a video that appears at ``path`` only when complete.
 
-    Frames go to a hidden temporary file beside ``path``; a clean exit flushes the encoder and
-    renames it into place (``os.replace`` is atomic on one filesystem), any exception removes it.
+    Frames go to a hidden temporary file beside ``path`` (``atomic.replacing``); a clean exit flushes
+    the encoder, closes the container and renames it into place; any exception removes it.
     """
 
-    def __init__(self, path, *, fps: Fraction, codec: str, width: int, height: int, metadata=None) -> None:
+    def __init__(self, path: str | os.PathLike, *, fps: Fraction, codec: str, width: int, height: int,
+                 metadata: dict | None = None) -> None:
         self.path = check_output_path(path, codec)
         self.fps = Fraction(fps)
         if self.fps <= 0:
-            raise InvalidInput(f"--fps must be positive, got {fps}")
+            raise InvalidInput(f"must be positive, got {fps}", field="fps")
         self.time_base = 1 / self.fps  # pts = frame index: exact at any rational rate
         self.codec, self.width, self.height = codec, int(width), int(height)
-        encoder, self.pix_fmt, suffix, self.options = CODECS[codec]
-        self.encoder = encoder
+        self.encoder, self.pix_fmt, self.options = ENCODERS[codec]
         if width <= 0 or height <= 0 or (self.pix_fmt.startswith("yuv420") and (width % 2 or height % 2)):
             raise InvalidInput(f"{codec} needs a positive, even width and height, got {width}x{height}")
         self.metadata = dict(metadata or {})
-        self.temp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
         self.frames = 0
         self._muxed = 0
         self.info: VideoInfo | None = None
-        self._container = None
-        self._stream = None
+        self._replacing = ExitStack()  # holds atomic.replacing's temporary file until __exit__
+        self._container: Any = None  # av's output container and stream, while open
+        self._stream: Any = None
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.temp), mode="w")
+            temp = self._replacing.enter_context(atomic.replacing(self.path))
+            self._container = av.open(str(temp), mode="w")
             self._container.metadata.update(self.metadata)
             stream = self._container.add_stream(self.encoder, rate=self.fps, options=dict(self.options))
             stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pix_fmt
@@ -177,8 +145,8 @@ class VideoWriter:
             context.color_primaries = context.color_trc = context.colorspace = BT709
             context.color_range = RANGE_LIMITED
             self._stream = stream
-        except BaseException:
-            self._discard()
+        except BaseException as exc:
+            self._discard(exc)
             raise
         return self
 
@@ -188,7 +156,8 @@ class VideoWriter:
             frames = frames[None]
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (self.height, self.width, 3):
             raise InvalidInput(
-                f"frames must be uint8 [n, {self.height}, {self.width}, 3] RGB, got {frames.dtype} {frames.shape}"
+                f"frames must be uint8 [n, {self.height}, {self.width}, 3] RGB, "
+                f"got {frames.dtype} {frames.shape}"
             )
         for rgb in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -215,28 +184,30 @@ class VideoWriter:
             self._muxed += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._discard()
+        if exc is not None:
+            self._discard(exc)
             return
         try:
             self._mux(self._stream.encode())  # flush: the encoder holds frames back
-            self._container.close()
+            self._container.close()  # the trailer is written before the file is renamed into place
             self._container = None
-            os.replace(self.temp, self.path)
-        except BaseException:
-            self._discard()
+        except BaseException as error:
+            self._discard(error)
             raise
+        self._replacing.close()  # fsync, then rename onto the path
         self.info = VideoInfo(self.path, self.frames, self.fps, self.codec, self.width, self.height,
                               BT709, BT709, BT709, RANGE_LIMITED)
 
-    def _discard(self) -> None:
+    def _discard(self, exc: BaseException) -> None:
         if self._container is not None:
             try:
                 self._container.close()
             except (av.FFmpegError, OSError, ValueError):
                 pass  # the file is being thrown away; its trailer does not matter
             self._container = None
-        self.temp.unlink(missing_ok=True)
+        # Hand the exception to atomic.replacing, which removes the temporary file (and re-raises
+        # it, which ExitStack reports as not suppressed: the caller's raise carries on).
+        self._replacing.__exit__(type(exc), exc, exc.__traceback__)
 
 
 def _open_video(path):
@@ -257,7 +228,8 @@ def probe_video(path) -> VideoInfo:
         context = stream.codec_context
         return VideoInfo(
             Path(path), frames, Fraction(stream.average_rate), context.name, context.width, context.height,
-            int(context.color_primaries), int(context.color_trc), int(context.colorspace), int(context.color_range),
+            int(context.color_primaries), int(context.color_trc), int(context.colorspace),
+            int(context.color_range),
         )
 
 
@@ -298,10 +270,12 @@ def grab_frame(path, seconds: Fraction) -> PIL.Image.Image:
             raise InvalidInput(f"video {path} cannot be decoded at {seconds} s: {exc}") from exc
         if chosen is None:
             raise InvalidInput(f"video {path} has no frame at {seconds} s")
-        last = chosen.pts + (chosen.duration or Fraction(1) / (Fraction(stream.average_rate or 24) * time_base))
+        frame_ticks = Fraction(1) / (Fraction(stream.average_rate or 24) * time_base)
+        last = chosen.pts + (chosen.duration or frame_ticks)
         if chosen.pts > target or target >= last:  # past the end of the last frame
             raise InvalidInput(f"time {float(seconds):.3f} s is outside {path}")
-        matrix = int(chosen.colorspace) if int(chosen.colorspace) in (1, 5, 6) else (1 if chosen.height >= 720 else 5)
+        tagged = int(chosen.colorspace)
+        matrix = tagged if tagged in (1, 5, 6) else (1 if chosen.height >= 720 else 5)
         full = int(chosen.color_range) == 2  # AVCOL_RANGE_JPEG
         rgb = chosen.reformat(
             format="rgb24",

@@ -66,10 +66,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from magic141.errors import InsufficientMemory, InvalidInput, Magic141Error
+
 from .quant import bytes_per_param, check_mode
 
 GiB = 1024**3
@@ -94,11 +96,12 @@ TEXT_UNQUANTIZED_FRACTION = 0.08
 ACTIVATION_MARGIN = 1.2
 FIXED_OVERHEAD = GiB // 2
 
-# How check_fits names each remedy (the CLI's flags).
-REMEDY_QUANT = "--quant fp8"
-REMEDY_TEXT_QUANT = "--text-quant fp8"
-REMEDY_OFFLOAD = "--offload"
-REMEDY_VAE_TILING = "--vae-tiling"
+# How check_fits names each remedy: by the engine setting it changes (Engine.load's names), never a
+# command-line flag: the message reaches the panel too.
+REMEDY_QUANT = "quant fp8"
+REMEDY_TEXT_QUANT = "text_quant fp8"
+REMEDY_OFFLOAD = "offload"
+REMEDY_VAE_TILING = "vae_tiling"
 REMEDY_SMALLER = "a smaller size or fewer frames"
 
 # A remedy is suggested only if it lowers the figure that does not fit by at least this fraction.
@@ -446,12 +449,12 @@ def _smaller_job(inputs: dict) -> dict:
 
 
 def _remedies(estimate: MemoryEstimate, dev: torch.device) -> tuple[list[str], int | None]:
-    """The remedies that lower what this job needs here, and the need with all flag remedies."""
+    """The remedies that lower what this job needs here, and the need with all setting remedies."""
     if not estimate.inputs:
         return [REMEDY_SMALLER], None
-    inputs = dict(estimate.inputs)
+    inputs: dict[str, Any] = dict(estimate.inputs)
     need = _needed(estimate, dev)
-    candidates = []
+    candidates: list[tuple[str, dict[str, Any]]] = []
     if inputs["quant"] == "none":
         candidates.append((REMEDY_QUANT, {"quant": "fp8"}))
     if inputs["text_quant"] == "none" and inputs["text_params"]:
@@ -460,7 +463,8 @@ def _remedies(estimate: MemoryEstimate, dev: torch.device) -> tuple[list[str], i
         candidates.append((REMEDY_OFFLOAD, {"offload": True}))
     if not inputs["vae_tiling"]:
         candidates.append((REMEDY_VAE_TILING, {"vae_tiling": True}))
-    chosen, combined = [], {}
+    chosen: list[str] = []
+    combined: dict[str, Any] = {}
     for label, change in candidates:
         if _needed(estimate_peak(**{**inputs, **change}), dev) < need * (1 - _MIN_GAIN):
             chosen.append(label)
@@ -486,8 +490,8 @@ def check_fits(estimate: MemoryEstimate, device: torch.device | str, *, resident
     # Resident weights are this job's own; the limit caps the job's whole footprint.
     free = _device_free_bytes(dev) + resident_bytes
     limit = _memory_limit_bytes()
-    capped = limit is not None and limit < free
-    available = limit if capped else free
+    available = free if limit is None else min(free, limit)
+    capped = available < free
     need = _needed(estimate, dev)
     if need <= available:
         return

@@ -1,4 +1,4 @@
-"""Where weights come from, chosen by ``--model``.
+"""Where weights come from, chosen by a job's ``model``.
 
 1. ``tiny``: the real architecture in miniature, random from a fixed seed (see ``tiny.py``).
    ``world``: the same classes at toy size, trained on the procedural world (``world.py``) by
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from fractions import Fraction
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from magic141.errors import CheckpointError, InvalidInput
 
 TINY = "tiny"
 WORLD = "world"
-WORLD_DIR = Path(__file__).resolve().parent.parent / "resources" / "world"
+# Package data (magic141.resources), so a wheel install finds it as an editable one does.
+WORLD_DIR = Path(str(files("magic141.resources") / "world"))
 SIDECAR = "magic141.json"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -42,6 +44,20 @@ class ModelInfo:
     native_fps: Fraction = Fraction(24)
     window_frames: int = 129  # longest native window (4k+1) before the sliding window takes over
     default_size: tuple[int, int] = (544, 960)  # height, width
+    # Which trained DiT the folder's transformer/ holds, when its sidecar says ("teacher", "dmd2"):
+    # ``distilled`` sets how it samples (4 steps, no CFG), not what was trained.
+    transformer: str | None = None
+
+    @property
+    def weights(self) -> str:
+        """What actually runs, in words, for ``magic141 info``."""
+        if self.transformer == "teacher":
+            return "teacher weights, not distilled"
+        if self.transformer == "dmd2":
+            return "DMD2-distilled weights"
+        if self.transformer is not None:
+            return f"{self.transformer} weights"
+        return "distilled weights" if self.distilled else "base weights"
 
     @property
     def default_steps(self) -> int:
@@ -60,6 +76,7 @@ class ModelInfo:
             "native_fps": str(self.native_fps),
             "window_frames": self.window_frames,
             "default_size": list(self.default_size),
+            "transformer": self.transformer,
         }
 
 
@@ -100,7 +117,8 @@ def _read_sidecar(directory: Path) -> dict:
                            "default_transformer"}
     if unknown:
         raise InvalidInput(f"{path} has unknown keys {sorted(unknown)}")
-    data.pop("default_transformer", None)  # which trained DiT transformer/ holds: for `magic141 eval` and the card
+    if "default_transformer" in data:  # which trained DiT transformer/ holds (also read by `magic141 eval`)
+        data["transformer"] = data.pop("default_transformer")
     if "native_fps" in data:
         data["native_fps"] = Fraction(data["native_fps"])
     if "default_size" in data:
@@ -118,7 +136,8 @@ def _load_diffusers_dir(directory: Path, dtype: torch.dtype) -> dict:
         raise InvalidInput(f"{index} cannot be read: {exc}") from exc
     if class_name != "HunyuanVideoImageToVideoPipeline":
         raise InvalidInput(
-            f"{directory} holds a {class_name}, not a HunyuanVideoImageToVideoPipeline (HunyuanVideo-I2V-33ch)"
+            f"{directory} holds a {class_name}, not a HunyuanVideoImageToVideoPipeline "
+            "(HunyuanVideo-I2V-33ch)"
         )
     try:
         pipe = HunyuanVideoImageToVideoPipeline.from_pretrained(
@@ -130,13 +149,14 @@ def _load_diffusers_dir(directory: Path, dtype: torch.dtype) -> dict:
     if components["transformer"].config.image_condition_type != "latent_concat":
         raise CheckpointError(
             f"{directory}: the transformer's image_condition_type is "
-            f"{components['transformer'].config.image_condition_type!r}; Magic141 needs 'latent_concat' (33 channels)"
+            f"{components['transformer'].config.image_condition_type!r}; Magic141 needs 'latent_concat' "
+            "(33 channels)"
         )
     return components
 
 
 def model_path(source: str) -> Path:
-    """Where ``--model`` points: the built-in world model's folder, or the path given."""
+    """Where ``model`` points: the built-in world model's folder, or the path given."""
     return WORLD_DIR if source == WORLD else Path(source).expanduser()
 
 
@@ -166,24 +186,25 @@ def load_model(
         return LoadedModel(_tiny_info(), build_tiny_components())
     path = model_path(source)
     if source == WORLD and not (path / "model_index.json").is_file():
-        raise InvalidInput(f"--model world: the built-in world model is missing from {path}")
+        raise InvalidInput(f"the built-in world model is missing from {path}", field="model")
     if not path.exists():
         raise InvalidInput(
-            f"--model {source!r} is neither 'tiny' nor an existing directory or checkpoint file "
-            f"(built-in models: {TINY}, {WORLD})"
+            f"{source!r} is neither 'tiny' nor an existing directory or checkpoint file "
+            f"(built-in models: {TINY}, {WORLD})", field="model"
         )
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise InvalidInput(f"--model {path} is a directory without model_index.json (not a diffusers model)")
+            raise InvalidInput(f"{path} is a directory without model_index.json (not a diffusers model)",
+                               field="model")
         parts = _load_diffusers_dir(path, dtype)
         info = ModelInfo(name=path.name, kind="diffusers", distilled=False, conditioning="diffusers")
         return LoadedModel(_with_sidecar(info, path), parts)
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise InvalidInput(f"--model {path} is not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+        raise InvalidInput(f"{path} is not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})", field="model")
     if components is None:
         raise InvalidInput(
-            f"--model {path} is a single DiT checkpoint: give --components DIR (a diffusers HunyuanVideo-I2V "
-            "directory providing the VAE and text encoders)"
+            f"are needed: {path} is a single DiT checkpoint; give a diffusers HunyuanVideo-I2V directory "
+            "that provides the VAE and text encoders", field="components"
         )
     from .convert import load_transformer_from_single_file
 

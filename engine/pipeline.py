@@ -22,13 +22,18 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 
-from .conditioning import CONDITIONINGS, PromptEmbeds, encode_diffusers, encode_magic141
 from magic141.errors import InvalidInput, JobCancelled
+
+from .conditioning import CONDITIONINGS, PromptEmbeds, encode_diffusers, encode_magic141
 from .pipeline_output import CancelToken, I2VOutput, StepProgress
 
 DIFFUSERS_NOISE_KEEP = 0.999  # diffusers keeps 99.9% noise, 0.1% image latent
 DIFFUSERS_DROPPED_FRAMES = 4
 PREVIEW_MAX_SIDE = 160
+COMPONENTS = (  # what __init__ takes, by diffusers' names
+    "transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_processor",
+    "scheduler",
+)
 
 
 def flow_sigmas(steps: int) -> np.ndarray:
@@ -91,6 +96,11 @@ class Magic141Pipeline:
             for module in self._modules():
                 module.to(self.device)
 
+    @property
+    def components(self) -> dict:
+        """The components by their diffusers names, as ``__init__`` takes them."""
+        return {name: getattr(self, name) for name in COMPONENTS}
+
     def _modules(self) -> list[torch.nn.Module]:
         return [self.transformer, self.vae, self.text_encoder, self.text_encoder_2]
 
@@ -125,30 +135,34 @@ class Magic141Pipeline:
     # 1. Check inputs ------------------------------------------------------------------------
 
     def check_inputs(
-        self, prompt, height, width, num_frames, num_inference_steps, guidance_scale, conditioning, cond_frames
+        self, prompt, height, width, num_frames, num_inference_steps, guidance_scale, conditioning,
+        cond_frames,
     ) -> None:
+        """Refuse bad inputs before any work; each error's ``field`` names the input at fault."""
         if not isinstance(prompt, str):
-            raise InvalidInput(f"prompt must be a string, got {type(prompt).__name__}")
+            raise InvalidInput(f"must be a string, got {type(prompt).__name__}", field="prompt")
         m = self.size_multiple
-        if height <= 0 or width <= 0 or height % m or width % m:
-            raise InvalidInput(f"height and width must be positive multiples of {m}, got {height}x{width}")
+        for name, side in (("height", height), ("width", width)):
+            if side <= 0 or side % m:
+                raise InvalidInput(f"must be a positive multiple of {m}, got {height}x{width}", field=name)
         if num_frames < 1 or (num_frames - 1) % self.frame_multiple:
-            raise InvalidInput(f"num_frames must be {self.frame_multiple}k+1, got {num_frames}")
+            raise InvalidInput(f"must be {self.frame_multiple}k+1, got {num_frames}", field="num_frames")
         if num_inference_steps < 1:
-            raise InvalidInput(f"steps must be at least 1, got {num_inference_steps}")
+            raise InvalidInput(f"must be at least 1, got {num_inference_steps}", field="steps")
         if guidance_scale < 1.0:
-            raise InvalidInput(f"guidance scale must be >= 1 (1 disables CFG), got {guidance_scale}")
+            raise InvalidInput(f"must be >= 1 (1 disables CFG), got {guidance_scale}", field="guidance")
         if conditioning not in CONDITIONINGS:
-            raise InvalidInput(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")
+            raise InvalidInput(f"must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}",
+                               field="conditioning")
         latent_frames = (num_frames - 1) // self.frame_multiple + 1
         if cond_frames >= latent_frames:
-            raise InvalidInput(
-                f"the condition covers {cond_frames} latent frames but the window has only {latent_frames}"
-            )
+            raise InvalidInput(f"the condition covers {cond_frames} latent frames but the window has only "
+                               f"{latent_frames}", field="window_overlap")
         if conditioning == "diffusers" and cond_frames > 1:
             cond_pixels = (cond_frames - 1) * self.frame_multiple + 1
             if cond_pixels <= DIFFUSERS_DROPPED_FRAMES:
-                raise InvalidInput("diffusers conditioning drops 4 frames: continue windows with K >= 2")
+                raise InvalidInput("diffusers conditioning drops 4 frames: continue windows with K >= 2",
+                                   field="window_overlap")
 
     # 2. Encode ------------------------------------------------------------------------------
 
@@ -157,16 +171,7 @@ class Magic141Pipeline:
         if self._diffusers_view is None:
             from diffusers import HunyuanVideoImageToVideoPipeline
 
-            self._diffusers_view = HunyuanVideoImageToVideoPipeline(
-                transformer=self.transformer,
-                vae=self.vae,
-                text_encoder=self.text_encoder,
-                tokenizer=self.tokenizer,
-                text_encoder_2=self.text_encoder_2,
-                tokenizer_2=self.tokenizer_2,
-                image_processor=self.image_processor,
-                scheduler=self.scheduler,
-            )
+            self._diffusers_view = HunyuanVideoImageToVideoPipeline(**self.components)
         return self._diffusers_view
 
     @torch.no_grad()
@@ -275,7 +280,8 @@ class Magic141Pipeline:
     ) -> torch.Tensor:
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
-            raise InvalidInput(f"callback tensor inputs must be among {self._callback_tensor_inputs}, got {bad}")
+            raise InvalidInput(f"must be among {self._callback_tensor_inputs}, got {bad}",
+                               field="callback_on_step_end_tensor_inputs")
         scheduler = make_scheduler(self.scheduler.config, num_inference_steps, shift, self.device)
         start = time.perf_counter()
         with self._on_device(self.transformer):
@@ -303,8 +309,8 @@ class Magic141Pipeline:
         mid = clean[:, :, clean.shape[2] // 2 : clean.shape[2] // 2 + 1]
         with self._on_device(self.vae):
             pixels = self.vae.decode(mid.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        image = ((pixels[0, :, 0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        pil = PIL.Image.fromarray(image)
+        image = ((pixels[0, :, 0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
+        pil = PIL.Image.fromarray(image.cpu().numpy())
         pil.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
         return np.asarray(pil)
 
@@ -357,7 +363,8 @@ class Magic141Pipeline:
             prompt, height, width, num_frames, num_inference_steps, guidance_scale, conditioning, cond_frames
         )
         if (cond_pixels - 1) % self.frame_multiple:
-            raise InvalidInput(f"condition_video must have {self.frame_multiple}k+1 frames, got {cond_pixels}")
+            raise InvalidInput(f"must have {self.frame_multiple}k+1 frames, got {cond_pixels}",
+                               field="condition_video")
         # 2. Encode
         clock = time.perf_counter()
         use_cfg = guidance_scale > 1.0
@@ -378,18 +385,9 @@ class Magic141Pipeline:
         # 4. Denoise
         clock = time.perf_counter()
         latents = self.denoise(
-            latents,
-            cond,
-            mask,
-            prompt_embeds,
-            negative_prompt_embeds if use_cfg else None,
-            num_inference_steps=num_inference_steps,
-            shift=shift,
-            guidance_scale=guidance_scale,
-            progress=progress,
-            cancel=cancel,
-            preview=preview,
-            callback_on_step_end=callback_on_step_end,
+            latents, cond, mask, prompt_embeds, negative_prompt_embeds if use_cfg else None,
+            num_inference_steps=num_inference_steps, shift=shift, guidance_scale=guidance_scale,
+            progress=progress, cancel=cancel, preview=preview, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         timings["denoise"] = time.perf_counter() - clock

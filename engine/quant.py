@@ -76,7 +76,7 @@ def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 

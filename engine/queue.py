@@ -24,6 +24,7 @@ Traps avoided:
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from magic141.errors import InvalidInput, JobConflict, JobNotFound, Magic141Error, SchemaTooNew
-from magic141.protocol import ACTIVE_STATES, TERMINAL_STATES, JobState
+from magic141.protocol import ACTIVE_STATES, JobState
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
@@ -47,7 +48,7 @@ SCHEMA_VERSION = 1
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-_ACTIVE = tuple(sorted(ACTIVE_STATES))
+_ACTIVE = tuple(sorted(ACTIVE_STATES))  # a fixed order for SQL parameters
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ _RUN_ORDER = "priority DESC, created, id"
 
 
 def _row_to_job(row: tuple) -> Job:
-    values = dict(zip(_COLUMNS, row))
+    values = dict(zip(_COLUMNS, row, strict=True))
     for key in ("spec", "result", "progress"):
         if values[key] is not None:
             values[key] = json.loads(values[key])
@@ -92,12 +93,13 @@ def _row_to_job(row: tuple) -> Job:
 def _dumps(value: dict, name: str) -> str:
     """Canonical JSON text (sorted keys: equal dicts give equal text, which idempotent submit compares)."""
     if not isinstance(value, dict):
-        raise InvalidInput(f"{name}: must be a dict, got {type(value).__name__}")
+        raise InvalidInput(f"must be a dict, got {type(value).__name__}", field=name)
     try:
         # allow_nan=False: NaN/Infinity would be stored fine but break every strict JSON reader later.
         return json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{name}: must hold only JSON values (str keys, finite numbers): {exc}") from exc
+        raise InvalidInput(f"must hold only JSON values (str keys, finite numbers): {exc}",
+                           field=name) from exc
 
 
 class JobQueue:
@@ -105,7 +107,7 @@ class JobQueue:
 
     def __init__(self, path: str | os.PathLike, *, max_attempts: int = 3) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise InvalidInput(f"max_attempts: must be an int >= 1, got {max_attempts!r}")
+            raise InvalidInput(f"must be an int >= 1, got {max_attempts!r}", field="max_attempts")
         self.path = os.fspath(path)
         self.max_attempts = max_attempts
         self._lock = threading.Lock()  # one statement or transaction at a time on the shared connection
@@ -207,9 +209,9 @@ class JobQueue:
         if job_id is None:
             job_id = uuid.uuid4().hex
         if not isinstance(job_id, str) or not _ID.fullmatch(job_id):
-            raise InvalidInput(f"id: must be 1-64 characters of A-Z a-z 0-9 _ . -, got {job_id!r}")
+            raise InvalidInput(f"must be 1-64 characters of A-Z a-z 0-9 _ . -, got {job_id!r}", field="id")
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) >= 2**31:
-            raise InvalidInput(f"priority: must be an int between -2**31 and 2**31, got {priority!r}")
+            raise InvalidInput(f"must be an int between -2**31 and 2**31, got {priority!r}", field="priority")
         text = _dumps(spec, "spec")
         with self._write() as db:
             row = db.execute("SELECT spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -236,9 +238,9 @@ class JobQueue:
             wanted = [JobState(s).value for s in (JobState if states is None else states)]
         except ValueError as exc:
             valid = ", ".join(s.value for s in JobState)
-            raise InvalidInput(f"states: {exc}; valid states: {valid}") from exc
+            raise InvalidInput(f"{exc}; valid states: {valid}", field="states") from exc
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise InvalidInput(f"limit: must be an int >= 0 or None, got {limit!r}")
+            raise InvalidInput(f"must be an int >= 0 or None, got {limit!r}", field="limit")
         marks = ",".join("?" * len(wanted))
         rows = self._read(
             f"{_SELECT} WHERE state IN ({marks}) "
@@ -320,7 +322,7 @@ class JobQueue:
         return self._set(db, job.id, state=JobState.FAILED, finished=_NOW,
                          error=f"the engine stopped during this job {job.attempts} times")
 
-    def recover(self) -> list[Job]:
+    def recover(self) -> builtins.list[Job]:  # `list` here is JobQueue.list
         """Once, when an engine starts: give back every job a dead engine left RUNNING or CANCELLING.
         Returns the jobs it changed, in their new state."""
         with self._write() as db:
@@ -345,7 +347,7 @@ class JobQueue:
         """FAILED/CANCELLED -> PENDING with a fresh attempt budget."""
         with self._write() as db:
             job = self._get(db, job_id)
-            self._require(job, (JobState.FAILED, JobState.CANCELLED), "retried", InvalidInput)
+            self._require(job, (JobState.FAILED, JobState.CANCELLED), "retried", JobConflict)
             return self._set(db, job_id, state=JobState.PENDING, attempts=0, error=None, result=None,
                              started=None, finished=None, progress=None)
 

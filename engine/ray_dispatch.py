@@ -3,16 +3,19 @@
 The driver (``magic141 queue run --ray auto|ADDRESS``) stays the only writer of the queue, which
 remains the record: it claims a job, hands its spec to an idle actor, and records the outcome. An
 actor that dies (node lost, process killed, CUDA fault) gives its job back to the queue (PENDING,
-or FAILED once its attempts are spent) and is replaced. Cancelling a job kills its actor. Specs and outcomes cross to the actors as
-JSON-safe dicts. Output paths must be on storage every node mounts at the same path.
+or FAILED once its attempts are spent) and is replaced. Cancelling a job kills its actor. Specs and
+outcomes cross to the actors as their JSON. Output paths must be on storage every node mounts at the
+same path.
 """
 
 from __future__ import annotations
 
 import logging
 
+from magic141.protocol import EventType
+
 from .events import EventHub
-from .queue import JobQueue, JobState
+from .queue import JobQueue
 from .worker import JobRunner, Outcome, record
 
 log = logging.getLogger("magic141.ray")
@@ -25,8 +28,7 @@ class _PipelineActor:
         self.runner = JobRunner(device, previews=False)
 
     def run(self, job_id: str, spec: dict) -> dict:
-        outcome = self.runner.execute(job_id, spec)
-        return {"state": outcome.state.value, "result": outcome.result, "reason": outcome.reason}
+        return self.runner.execute(job_id, spec).to_json()
 
     def ready(self) -> bool:
         return True
@@ -65,7 +67,7 @@ class RayDispatcher:
             if job is None:
                 return
             actor = idle.pop()
-            self.hub.publish(job.id, "started", attempt=job.attempts, worker="ray")
+            self.hub.publish(job.id, EventType.STARTED, attempt=job.attempts, worker="ray")
             self.running[actor.run.remote(job.id, job.spec)] = (actor, job.id)
 
     def drain(self, poll: float = 0.5) -> int:
@@ -86,8 +88,7 @@ class RayDispatcher:
                     actor = self._new_actor()
                     self.actors.append(actor)
                 else:
-                    record(self.queue, self.hub, job_id, Outcome(JobState(data["state"]), data["result"],
-                                                                 data["reason"]))
+                    record(self.queue, self.hub, job_id, Outcome.from_json(data))
                     finished += 1
                 idle.append(actor)
             for actor, job_id in list(self.running.values()):

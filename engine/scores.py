@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import world
 from magic141.errors import InvalidInput
+
+from . import world
 
 DIRECTION_FRAMES = 8  # a third of a second: long enough to see 5+ pixels of motion, short of most bounces
 MIN_MOTION_PX = 1.0
@@ -103,7 +104,7 @@ def pan_of(frames, object_masks: np.ndarray, frames_used: int = DIRECTION_FRAMES
             errors[shift] = float(np.abs((first - first.mean(0)) - (last - last.mean(0))).mean())
     if 0 not in errors:
         return None
-    best = min(errors, key=errors.get)
+    best = min(errors, key=lambda shift: errors[shift])
     if best == 0 or errors[best] > PAN_MARGIN * errors[0] or errors[0] - errors[best] < PAN_MIN_GAIN:
         return None
     return "left" if best > 0 else "right"

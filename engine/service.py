@@ -5,16 +5,17 @@ Why Starlette + uvicorn: both are widely used and maintained; uvicorn does the H
 stays one small module. It binds 127.0.0.1 only, on a free port, and every request needs
 ``Authorization: Bearer <token>`` (the token file is readable by the user alone).
 
-API, version 1 (JSON; errors are ``{"error": "..."}``):
+API, version ``protocol.API_VERSION`` (JSON; a refused request is ``{"error": message, "field": name}``,
+``field`` naming the input at fault or null, for the client to phrase):
 
     GET  /v1/health                  version, device, free memory, loaded models, queue counts
     POST /v1/jobs                    {"spec": {...}, "id": optional, "priority": 0} -> 201 job
     GET  /v1/jobs                    {"jobs": [job, ...]} in run order
     GET  /v1/jobs/{id}               job                           (404 if unknown)
     POST /v1/jobs/{id}/cancel        job (CANCELLED, or CANCELLING until the step loop stops)
-    POST /v1/jobs/{id}/retry         job (PENDING again)
+    POST /v1/jobs/{id}/retry         job (PENDING again; 409 unless it FAILED or was CANCELLED)
     POST /v1/queue/pause | resume    {"paused": bool}
-    GET  /v1/events[?job=ID&after=N] server-sent events, one JSON event per ``data:`` line
+    GET  /v1/events[?job=ID&after=N] server-sent events, one ``protocol.Event`` JSON per ``data:`` line
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from magic141 import __version__
-
 from magic141 import home as home_dir
-from .events import TERMINAL, EventHub
-from magic141.protocol import JobSpec
-from .queue import JobConflict, JobNotFound, JobQueue
-from magic141.errors import InvalidInput
+from magic141.errors import InvalidInput, JobConflict, JobNotFound, Magic141Error
+from magic141.protocol import API_VERSION, TERMINAL_STATES, Event, EventType, JobSpec, JobState
+
+from .events import EventHub
+from .queue import JobQueue
 from .worker import Worker
 
-API_VERSION = 1
 log = logging.getLogger("magic141.service")
 
 
@@ -50,7 +51,12 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, default_output: Path) -> Starlette:
+def _refuse(status: int, exc: Magic141Error) -> JSONResponse:
+    """A refused request: the message and the field it is about, for the client to phrase."""
+    return JSONResponse({"error": exc.message, "field": exc.field}, status_code=status)
+
+
+def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, default_output: Path) -> ASGIApp:
     async def health(request: Request) -> Response:
         from .memory import available_bytes
 
@@ -65,23 +71,24 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
         try:
             body = json.loads(await request.body())
         except ValueError as exc:
-            return _error(400, f"the body is not valid JSON: {exc}")
+            return _refuse(400, InvalidInput(f"is not valid JSON: {exc}", field="body"))
         if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
-            return _error(400, 'spec: the body must be {"spec": {...}, "id": ..., "priority": ...}')
+            return _refuse(400, InvalidInput('must be {"spec": {...}, "id": ..., "priority": ...}',
+                                             field="spec"))
         spec = dict(body["spec"])
         spec.setdefault("output_dir", str(default_output))
         priority = body.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
-            return _error(400, f"priority: must be a whole number, got {priority!r}")
+            return _refuse(400, InvalidInput(f"must be a whole number, got {priority!r}", field="priority"))
         try:
             normalised = JobSpec.from_json(spec).to_json()
             job = queue.submit(normalised, job_id=body.get("id"), priority=priority)
         except InvalidInput as exc:
-            return _error(400, str(exc))
+            return _refuse(400, exc)
         except JobConflict as exc:
-            return _error(409, str(exc))
-        if job.state.value == "PENDING":
-            hub.publish(job.id, "queued", priority=job.priority)
+            return _refuse(409, exc)
+        if job.state == JobState.PENDING:
+            hub.publish(job.id, EventType.QUEUED, priority=job.priority)
         return JSONResponse(job.to_json(), status_code=201)
 
     async def list_jobs(request: Request) -> Response:
@@ -92,22 +99,22 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
             try:
                 job = action(request.path_params["job_id"])
             except JobNotFound as exc:
-                return _error(404, str(exc))
-            except InvalidInput as exc:
-                return _error(409, str(exc))
+                return _refuse(404, exc)
+            except (InvalidInput, JobConflict) as exc:
+                return _refuse(409, exc)
             return JSONResponse(job.to_json())
 
         return endpoint
 
     def _cancel(job_id: str):
         job = queue.cancel(job_id)
-        if job.state.value == "CANCELLED":
-            hub.publish(job_id, "cancelled")
+        if job.state == JobState.CANCELLED:
+            hub.publish(job_id, EventType.CANCELLED)
         return job
 
     def _retry(job_id: str):
         job = queue.retry(job_id)
-        hub.publish(job_id, "queued", priority=job.priority)
+        hub.publish(job_id, EventType.QUEUED, priority=job.priority)
         return job
 
     def _set_paused(paused: bool):
@@ -125,43 +132,42 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
         try:
             after = int(request.query_params.get("after", "0"))
         except ValueError:
-            return _error(400, "after: must be a whole number")
+            return _refuse(400, InvalidInput("must be a whole number", field="after"))
         if job_id is not None:
             try:
                 job = queue.get(job_id)
             except JobNotFound as exc:
-                return _error(404, str(exc))
+                return _refuse(404, exc)
         else:
             job = None
 
         def stream():
             # A job that ended before this service saw it (e.g. before a restart) still gets its end.
-            if job is not None and job.state.value in ("DONE", "FAILED", "CANCELLED") and not hub.has_ended(job_id):
-                kind = {"DONE": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}[job.state.value]
-                yield _sse({"version": 1, "seq": 0, "job": job_id, "type": kind, "result": job.result,
-                            "reason": job.error})
+            if job is not None and job.state in TERMINAL_STATES and not hub.has_ended(job.id):
+                yield _sse(Event.ending(job.id, job.state, job.result, job.error))
                 return
             for event in hub.follow(job_id, after=after):
                 if event is None:
                     yield ": keep-alive\n\n"
                     continue
                 yield _sse(event)
-                if job_id is not None and event["type"] in TERMINAL:
+                if job_id is not None and event.type.terminal:
                     return
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
+    prefix = f"/v{API_VERSION}"
     routes = [
-        Route("/v1/health", health),
-        Route("/v1/jobs", submit, methods=["POST"]),
-        Route("/v1/jobs", list_jobs, methods=["GET"]),
-        Route("/v1/jobs/{job_id}", _job_action(queue.get), methods=["GET"]),
-        Route("/v1/jobs/{job_id}/cancel", _job_action(_cancel), methods=["POST"]),
-        Route("/v1/jobs/{job_id}/retry", _job_action(_retry), methods=["POST"]),
-        Route("/v1/queue/pause", _set_paused(True), methods=["POST"]),
-        Route("/v1/queue/resume", _set_paused(False), methods=["POST"]),
-        Route("/v1/events", events),
+        Route(f"{prefix}/health", health),
+        Route(f"{prefix}/jobs", submit, methods=["POST"]),
+        Route(f"{prefix}/jobs", list_jobs, methods=["GET"]),
+        Route(f"{prefix}/jobs/{{job_id}}", _job_action(queue.get), methods=["GET"]),
+        Route(f"{prefix}/jobs/{{job_id}}/cancel", _job_action(_cancel), methods=["POST"]),
+        Route(f"{prefix}/jobs/{{job_id}}/retry", _job_action(_retry), methods=["POST"]),
+        Route(f"{prefix}/queue/pause", _set_paused(True), methods=["POST"]),
+        Route(f"{prefix}/queue/resume", _set_paused(False), methods=["POST"]),
+        Route(f"{prefix}/events", events),
     ]
     app = Starlette(routes=routes)
     expected = f"Bearer {token}".encode()
@@ -178,8 +184,8 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
     return guard
 
 
-def _sse(event: dict) -> str:
-    return f"data: {json.dumps(event)}\n\n"
+def _sse(event: Event) -> str:
+    return f"data: {json.dumps(event.to_json())}\n\n"
 
 
 def _cuda() -> bool:

@@ -36,9 +36,11 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
 from magic141.errors import CheckpointError, InsufficientMemory, InvalidInput
+
+from . import tiny
 from .tiny_tokenizer import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 TINY = "tiny"
@@ -50,13 +52,6 @@ try:
     _DTYPE_KWARG = "dtype"
 except ImportError:  # older diffusers
     _DTYPE_KWARG = "torch_dtype"
-
-# Tiny FLUX geometry. Four VAE blocks give the real 8x spatial compression, so with FLUX's 2x2
-# latent packing image sides must be multiples of 16, exactly as for FLUX.1.
-TINY_LATENT_CHANNELS = 4  # the transformer sees 4 * 4 = 16 channels after 2x2 packing
-TINY_VAE_BLOCKS = (8, 8, 8, 8)
-TINY_CLIP_DIM = 32  # CLIP pooled vector -> pooled_projection_dim
-TINY_T5_DIM = 32  # T5 hidden states -> joint_attention_dim
 
 DISTILLED_STEPS = 4
 SCHNELL_MAX_SEQUENCE_LENGTH = 256
@@ -98,71 +93,20 @@ def build_tiny_t2i(seed: int = 0) -> FluxPipeline:
     """
     tokenizer = tiny_clip_tokenizer()
     tokenizer_2 = tiny_t5_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=4 * TINY_LATENT_CHANNELS,
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=TINY_T5_DIM,
-            pooled_projection_dim=TINY_CLIP_DIM,
-            guidance_embeds=False,
-            axes_dims_rope=(4, 6, 6),
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(TINY_VAE_BLOCKS),
-            up_block_types=("UpDecoderBlock2D",) * len(TINY_VAE_BLOCKS),
-            block_out_channels=TINY_VAE_BLOCKS,
-            layers_per_block=1,
-            latent_channels=TINY_LATENT_CHANNELS,
-            norm_num_groups=4,
-            sample_size=64,
-            scaling_factor=0.3611,  # FLUX.1's VAE constants
-            shift_factor=0.1159,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=TINY_CLIP_DIM,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                projection_dim=TINY_CLIP_DIM,
-            )
-        )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer_2),
-                d_model=TINY_T5_DIM,
-                d_kv=8,
-                d_ff=64,
-                num_layers=1,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                pad_token_id=tokenizer_2.pad_token_id,
-                eos_token_id=tokenizer_2.eos_token_id,
-                decoder_start_token_id=tokenizer_2.pad_token_id,
-            )
-        )
+    t5_config = T5Config(vocab_size=len(tokenizer_2), d_model=tiny.T5_DIM, d_kv=8, d_ff=64, num_layers=1,
+                         num_heads=4, relative_attention_num_buckets=8, eos_token_id=tokenizer_2.eos_token_id,
+                         pad_token_id=tokenizer_2.pad_token_id,
+                         decoder_start_token_id=tokenizer_2.pad_token_id)
+    clip_config = tiny.clip_text_config(tokenizer, hidden_size=tiny.CLIP_DIM, intermediate_size=64,
+                                        num_hidden_layers=1, projection_dim=tiny.CLIP_DIM)
+    with tiny.seeded(seed):
+        transformer = FluxTransformer2DModel(**tiny.flux_config())
+        vae = AutoencoderKL(**tiny.image_vae_config(scaling_factor=0.3611, shift_factor=0.1159))  # FLUX.1's
+        text_encoder = CLIPTextModel(clip_config)
+        text_encoder_2 = T5EncoderModel(t5_config)
     scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-schnell's scheduler config
-        num_train_timesteps=1000,
-        shift=1.0,
-        use_dynamic_shifting=False,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
     )
     pipe = FluxPipeline(
         scheduler=scheduler,
@@ -346,7 +290,7 @@ def _quiet_progress_bars() -> Iterator[None]:
     try:
         yield
     finally:
-        for log, enabled in zip(loggers, was_enabled):
+        for log, enabled in zip(loggers, was_enabled, strict=True):
             if enabled:
                 log.enable_progress_bar()
 
@@ -392,7 +336,7 @@ def _refuse_by_class_name(path: Path, class_name: object) -> None:
         cls = getattr(diffusers, class_name, None)
     except (ImportError, RuntimeError):  # an optional backend is missing: decide after loading
         cls = None
-    if inspect.isclass(cls) and callable(getattr(cls, "__call__", None)):
+    if inspect.isclass(cls) and inspect.isfunction(inspect.getattr_static(cls, "__call__", None)):
         _check_call_parameters(_parameters_of(cls.__call__), class_name, str(path))
 
 

@@ -39,17 +39,17 @@ def plan_windows(
     if total < 1:
         raise InvalidInput(f"the video needs at least one frame, got {total}")
     if overlap_latents < 1:
-        raise InvalidInput(f"window overlap must be at least 1 latent frame, got {overlap_latents}")
+        raise InvalidInput(f"must be at least 1 latent frame, got {overlap_latents}", field="window_overlap")
     overlap = (overlap_latents - 1) * multiple + 1
     if overlap - dropped < 1:
         raise InvalidInput(
-            f"a window overlap of {overlap_latents} latent frames leaves nothing to blend after {dropped} "
-            f"dropped frames; use at least {dropped // multiple + 2}"
+            f"{overlap_latents} latent frames leave nothing to blend after {dropped} dropped frames; "
+            f"use at least {dropped // multiple + 2}", field="window_overlap"
         )
     if window_frames - overlap < multiple:
         raise InvalidInput(
-            f"window overlap of {overlap_latents} latent frames leaves no new frames in a "
-            f"{window_frames}-frame window"
+            f"{overlap_latents} latent frames leave no new frames in a {window_frames}-frame window",
+            field="window_overlap"
         )
     first = min(window_frames, _round_up(total + dropped, multiple))
     plans = [WindowPlan(1, first, 1, 0, 0)]

@@ -13,17 +13,19 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import PIL.Image
 
-from magic141.errors import JobCancelled, Magic141Error
+from magic141.errors import InvalidInput, JobCancelled, Magic141Error
+from magic141.protocol import EventType, JobResult, JobSpec, JobState
+
 from .events import EventHub
-from .generate import Engine, GenerateRequest
-from magic141.protocol import JobSpec
+from .generate import Engine
 from .pipeline_output import CancelToken, StepProgress
-from .queue import Job, JobQueue, JobState
+from .queue import Job, JobQueue
 
 log = logging.getLogger("magic141.worker")
 
@@ -34,35 +36,45 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def request_for(job_id: str, spec: JobSpec) -> GenerateRequest:
-    source = spec.source
-    return GenerateRequest(
-        prompt=spec.prompt,
-        out=Path(spec.output_path(job_id)),
-        image=Path(source.path) if source.path else None,
-        image_time=source.time,
-        seconds=spec.seconds,
-        fps=spec.fps,
-        seed=spec.seed,
-        steps=spec.steps,
-        height=spec.height,
-        width=spec.width,
-        codec=spec.codec,
-        shift=spec.shift,
-        guidance=spec.guidance,
-        negative_prompt=spec.negative_prompt,
-        conditioning=spec.conditioning,
-        window_overlap=spec.window_overlap,
-    )
-
-
 @dataclass(frozen=True)
 class Outcome:
-    """How one job ended: ``state`` is DONE, FAILED or CANCELLED."""
+    """How one job ended: ``state`` is DONE (with its ``result``), FAILED (with a ``reason`` and,
+    when one input is at fault, its ``field``, for a front end to phrase) or CANCELLED."""
 
     state: JobState
-    result: dict | None = None
+    result: JobResult | None = None
     reason: str | None = None
+    field: str | None = None
+
+    @classmethod
+    def failed(cls, exc: Magic141Error) -> Outcome:
+        return cls(JobState.FAILED, reason=exc.message, field=exc.field)
+
+    @property
+    def error(self) -> str:
+        """The failure in plain words, field first (what the queue's record keeps)."""
+        return f"{self.field}: {self.reason}" if self.field else self.reason or "failed"
+
+    def to_json(self) -> dict:
+        """JSON-safe (what a Ray actor sends back)."""
+        return {"state": self.state.value, "result": self.result.to_json() if self.result else None,
+                "reason": self.reason, "field": self.field}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Outcome:
+        result = data.get("result")
+        return cls(JobState(data["state"]), JobResult.from_json(result) if result else None,
+                   data.get("reason"), data.get("field"))
+
+
+def _make_folder(output_dir: str) -> None:
+    """A job's output folder is its producer's choice (a timeline's ``NAME_magic141/``, the service's
+    default): the job makes it. ``magic141 generate`` refuses a missing folder before it gets here."""
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"cannot be made: {exc.strerror or exc}: {output_dir}",
+                           field="output_dir") from exc
 
 
 class JobRunner:
@@ -80,36 +92,38 @@ class JobRunner:
 
     def engine_for(self, spec: JobSpec) -> Engine:
         key = (spec.model, spec.quant)
-        if key != self._engine_key:
+        if self._engine is None or key != self._engine_key:
             self._engine = None  # one model at a time: free the old one before loading the next
             self._engine_key = None
             self._engine = Engine.load(spec.model, device=self.device, quant=spec.quant)
             self._engine_key = key
         return self._engine
 
-    def execute(self, job_id: str, spec_json: dict, progress=None, cancel: CancelToken | None = None) -> Outcome:
-        """Run one job; every failure becomes a FAILED outcome with a clear reason (never a raise)."""
+    def execute(self, job_id: str, spec: JobSpec | dict,
+                progress: Callable[[StepProgress], None] | None = None,
+                cancel: CancelToken | None = None) -> Outcome:
+        """Run one job (a spec, or its JSON as the queue stores it); every failure becomes a FAILED
+        outcome with a clear reason (never a raise)."""
         output: Path | None = None
         try:
-            spec = JobSpec.from_json(spec_json)
-            request = request_for(job_id, spec)
-            output = request.out
+            spec = spec if isinstance(spec, JobSpec) else JobSpec.from_json(spec)
+            output = Path(spec.output_path(job_id))
+            _make_folder(spec.output_dir)
             started = time.perf_counter()
             engine = self.engine_for(spec)
             load = time.perf_counter() - started
-            request = GenerateRequest(**{**request.__dict__, "preview": self.previews})
-            result = engine.generate(request, progress=progress, cancel=cancel).to_json()
-            result["timings"]["load"] = load
-            return Outcome(JobState.DONE, result=result)
+            result = engine.generate(spec, output, preview=self.previews, progress=progress, cancel=cancel)
+            return Outcome(JobState.DONE, result=replace(result, timings={**result.timings, "load": load}))
         except JobCancelled:
             return Outcome(JobState.CANCELLED)
         except Magic141Error as exc:
-            return Outcome(JobState.FAILED, reason=str(exc))
+            return Outcome.failed(exc)
         except Exception as exc:  # the runner must outlive any one job
             if _is_out_of_memory(exc):
                 self._release_device_memory()
                 reason = f"out of memory on the device: {exc}".split("\n")[0]
-                return Outcome(JobState.FAILED, reason=reason + "; try quant fp8, a smaller size or fewer seconds")
+                reason += "; try quant fp8, a smaller size or fewer seconds"
+                return Outcome(JobState.FAILED, reason=reason)
             log.exception("job %s failed", job_id)
             return Outcome(JobState.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}")
         finally:
@@ -127,18 +141,19 @@ class JobRunner:
 def record(queue: JobQueue, hub: EventHub, job_id: str, outcome: Outcome) -> None:
     """Write a job's outcome to the queue (the record) and tell the event stream."""
     if outcome.state == JobState.DONE:
-        final = queue.complete(job_id, outcome.result)
+        assert outcome.result is not None
+        final = queue.complete(job_id, outcome.result.to_json())
         if final.state == JobState.CANCELLED:  # cancelled as its last step finished: drop the media
-            Path(outcome.result["path"]).unlink(missing_ok=True)
-            hub.publish(job_id, "cancelled")
+            Path(outcome.result.path).unlink(missing_ok=True)
+            hub.publish(job_id, EventType.CANCELLED)
         else:
-            hub.publish(job_id, "finished", result=outcome.result)
+            hub.publish(job_id, EventType.FINISHED, result=outcome.result)
     elif outcome.state == JobState.CANCELLED:
         queue.mark_cancelled(job_id)
-        hub.publish(job_id, "cancelled")
+        hub.publish(job_id, EventType.CANCELLED)
     else:
-        queue.fail(job_id, outcome.reason)
-        hub.publish(job_id, "failed", reason=outcome.reason)
+        queue.fail(job_id, outcome.error)
+        hub.publish(job_id, EventType.FAILED, reason=outcome.reason, field=outcome.field)
 
 
 class Worker:
@@ -181,7 +196,7 @@ class Worker:
         return True
 
     def _run(self, job: Job) -> None:
-        self.hub.publish(job.id, "started", attempt=job.attempts, worker=self.name)
+        self.hub.publish(job.id, EventType.STARTED, attempt=job.attempts, worker=self.name)
         token = CancelToken()
 
         def progress(step: StepProgress) -> None:
@@ -190,9 +205,8 @@ class Worker:
             data = {"step": step.step, "total": step.total, "window": step.window, "windows": step.windows,
                     "elapsed": round(step.elapsed, 3), "eta": round(step.eta, 3)}
             self.queue.report_progress(job.id, data)
-            if step.preview is not None:
-                data["preview"] = _png_base64(step.preview)
-            self.hub.publish(job.id, "step", **data)
+            preview = _png_base64(step.preview) if step.preview is not None else None
+            self.hub.publish(job.id, EventType.STEP, preview=preview, **data)
 
         record(self.queue, self.hub, job.id, self.runner.execute(job.id, job.spec, progress, token))
 

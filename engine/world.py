@@ -214,20 +214,21 @@ class WorldState:
     def advance(self, seconds) -> WorldState:
         """The state ``seconds`` later: the true continuation starts here."""
         seconds = float(seconds)
-        turned = dict(angle=float(self.angles(seconds)[0] % 1.0), camera=float(self.cameras(seconds)[0]))
+        angle, camera = float(self.angles(seconds)[0] % 1.0), float(self.cameras(seconds)[0])
         if self.motion == "falls":
             phase = float(self._wrapped_phase(seconds))
             y = self._apex() + GRAVITY * phase**2 / 2
             direction = "down" if phase >= 0 else "up"
-            return replace(self, y=y, direction=direction, speed=GRAVITY * abs(phase), **turned)
+            return replace(self, y=y, direction=direction, speed=GRAVITY * abs(phase), angle=angle,
+                           camera=camera)
         lo, hi = self._limits()
         unfolded = float(self._unfolded(seconds))
         along = float(_fold(np.array([unfolded]), lo, hi)[0])
         turns = int(math.floor((unfolded - lo) / (hi - lo))) % 2 if hi > lo else 0
         direction = _OPPOSITE[self.direction] if turns else self.direction
         if self.axis == 0:
-            return replace(self, x=along, direction=direction, **turned)
-        return replace(self, y=along, direction=direction, **turned)
+            return replace(self, x=along, direction=direction, angle=angle, camera=camera)
+        return replace(self, y=along, direction=direction, angle=angle, camera=camera)
 
 
 _OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}

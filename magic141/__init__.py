@@ -6,4 +6,4 @@ Sub-packages:
 - ``magic141.ui``: PySide6 widgets (never imports torch).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one version: pyproject.toml reads it; CHANGELOG.md says what changed

@@ -58,6 +58,7 @@ def write_text(path: str | os.PathLike, text: str, *, mode: int = PUBLIC) -> Pat
     return write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
-def write_json(path: str | os.PathLike, data: object, *, mode: int = PUBLIC, indent: int | None = None) -> Path:
+def write_json(path: str | os.PathLike, data: object, *, mode: int = PUBLIC,
+               indent: int | None = None) -> Path:
     """JSON that strict readers accept (no NaN), written atomically."""
     return write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n", mode=mode)

@@ -14,6 +14,14 @@ from magic141 import __version__
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# The flag of each field whose flag is not ``--<field>`` (errors name fields; the command line
+# phrases them as flags).
+FLAGS = {
+    "source": "--image", "source.path": "--image", "output_dir": "--out", "output_name": "--out",
+    "guidance": "--cfg", "window_overlap": "--window-overlap", "negative_prompt": "--negative-prompt",
+    "text_quant": "--text-quant", "vae_tiling": "--vae-tiling", "allow_pickle": "--allow-pickle",
+    "long_runs": "--long-runs", "long_seconds": "--long-seconds",
+}
 
 
 def _quiet_third_party() -> None:
@@ -32,14 +40,12 @@ def _quiet_third_party() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from magic141.cli_args import Parser
     from magic141.engine import cli as engine_cli
     from magic141.engine import eval_cli
     from magic141.plugin import cli as plugin_cli
-    from magic141.plugin import farm
-    from magic141.plugin import queue_cli
+    from magic141.plugin import farm, queue_cli
     from magic141.plugin.hosts.blender import install as blender_install
-
-    from magic141.cli_args import Parser
 
     parser = Parser(prog="magic141", description="Extend video clips with Magic 1-For-1.")
     parser.add_argument("--version", action="version", version=f"magic141 {__version__}")
@@ -64,15 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except JobCancelled as exc:
-        print(f"cancelled: {exc}", file=sys.stderr)
+        print(f"cancelled: {exc.phrase(FLAGS, default='--{}')}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Magic141Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.phrase(FLAGS, default='--{}')}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # the last line of defence: one clear line, traceback on request
         if os.environ.get("MAGIC141_DEBUG"):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (set MAGIC141_DEBUG=1 for details)", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {exc} (set MAGIC141_DEBUG=1 for details)",
+              file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -67,7 +67,8 @@ CONDITIONINGS = ("magic141", "diffusers")
 
 
 def model_field(model: str) -> str:
-    """A built-in model's name as is; a model folder or file as an absolute path (the engine has its own cwd)."""
+    """A built-in model's name as is; a model folder or file as an absolute path (the engine has its own
+    working directory)."""
     return model if model in BUILTIN_MODELS else str(Path(model).expanduser().resolve())
 
 
@@ -132,8 +133,8 @@ def _upgrade(data: object, kind: str, current: int, migrations: dict[int, Callab
     if isinstance(version, bool) or not isinstance(version, int):
         raise InvalidInput(f"must be a whole number up to {current}, got {version!r}", field="version")
     if version > current:
-        raise SchemaTooNew(f"this {kind} is version {version}, but this Magic141 reads up to version {current}: "
-                           "upgrade Magic141")
+        raise SchemaTooNew(f"this {kind} is version {version}, but this Magic141 reads up to version "
+                           f"{current}: upgrade Magic141")
     data = dict(data)
     while version < current:
         if version not in migrations:
@@ -246,7 +247,10 @@ class Source:
         return cls("media", path, parse_rational(raw.get("time"), "source.time", minimum=0))
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,120}")
+def _plain_file_name(name: object) -> bool:
+    """A file name the engine may create in ``output_dir``: no folders, not hidden, any language."""
+    return (isinstance(name, str) and 0 < len(name.encode("utf-8")) <= 200 and name == name.strip()
+            and not name.startswith(".") and not any(c in name for c in '/\\\0') and name.isprintable())
 
 
 @dataclass(frozen=True)
@@ -296,9 +300,11 @@ class JobSpec:
             raise InvalidInput(f"must be {' or '.join(BUILTIN_MODELS)} or a model path, got {model!r}",
                                field="model")
         name = data.get("output_name")
-        if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
-            raise InvalidInput(f"must be a plain file name without folders, got {name!r}", field="output_name")
-        height, width = _optional_int(data, "height", SIZE_MULTIPLE), _optional_int(data, "width", SIZE_MULTIPLE)
+        if name is not None and not _plain_file_name(name):
+            raise InvalidInput(f"must be a plain file name without folders, got {name!r}",
+                               field="output_name")
+        height = _optional_int(data, "height", SIZE_MULTIPLE)
+        width = _optional_int(data, "width", SIZE_MULTIPLE)
         for label, value in (("height", height), ("width", width)):
             if value is not None and value % SIZE_MULTIPLE:
                 raise InvalidInput(f"must be a multiple of {SIZE_MULTIPLE}, got {value}", field=label)
@@ -388,7 +394,7 @@ class JobResult:
     codec: str
     windows: int = 1
     settings: dict = field(default_factory=dict)  # defaults resolved: steps, guidance, size, model...
-    timings: dict = field(default_factory=dict)  # seconds per stage: load, encode, denoise, decode, write, total
+    timings: dict = field(default_factory=dict)  # seconds per stage: load, encode, denoise, decode, write...
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -468,8 +474,8 @@ class Event:
         try:
             values["type"] = EventType(values.get("type"))
         except ValueError:
-            raise InvalidInput(f"must be one of {', '.join(t.value for t in EventType)}, got {data.get('type')!r}",
-                               field="type") from None
+            names = ", ".join(t.value for t in EventType)
+            raise InvalidInput(f"must be one of {names}, got {data.get('type')!r}", field="type") from None
         if not isinstance(values.get("job"), str):
             raise InvalidInput(f"must be a job id, got {data.get('job')!r}", field="job")
         if values.get("result") is not None:

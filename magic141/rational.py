@@ -25,7 +25,7 @@ _NTSC = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
 
 
 def rational_text(value: Fraction | int) -> str:
-    """``Fraction(24000, 1001)`` -> "24000/1001", ``Fraction(24)`` -> "24" (what every JSON we write holds)."""
+    """``Fraction(24000, 1001)`` -> "24000/1001", ``Fraction(24)`` -> "24": what every JSON we write holds."""
     value = Fraction(value)
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
@@ -58,7 +58,8 @@ def parse_rate(raw: object, field: str = "fps") -> Fraction:
     try:
         rate = parse_rational(text, field, positive=True)
     except InvalidInput:
-        raise InvalidInput(f"must be a rate such as 24, 25, 24000/1001 or 29.97, got {raw!r}", field=field) from None
+        raise InvalidInput(f"must be a rate such as 24, 25, 24000/1001 or 29.97, got {raw!r}",
+                           field=field) from None
     if rate > MAX_FPS:
         raise InvalidInput(f"must be at most {MAX_FPS}, got {raw!r}", field=field)
     return rate

@@ -12,10 +12,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     from .timeline import MODES
 
-    extend = commands.add_parser("extend", help="extend a clip of a timeline and write the result back into it")
+    extend = commands.add_parser("extend",
+                                 help="extend a clip of a timeline and write the result back into it")
     extend.add_argument("timeline", help=".otio, .otioz, .otiod or any timeline OTIO's adapters read")
     extend.add_argument("--clip", required=True, help="clip name, or its 0-based index among video clips")
-    extend.add_argument("--at", type=int, metavar="FRAME_IN_CLIP", help="frame to continue from (default: last)")
+    extend.add_argument("--at", type=int, metavar="FRAME_IN_CLIP",
+                        help="frame to continue from (default: last)")
     extend.add_argument("--prompt", required=True)
     extend.add_argument("--seconds", type=cli_args.seconds, required=True)
     extend.add_argument("--mode", choices=MODES, default="insert")
@@ -28,17 +30,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     extend.set_defaults(handler=run_extend)
 
 
-def run_extend(args) -> int:
-    from magic141.engine.cli import ProgressBar
+def run_extend(args: argparse.Namespace) -> int:
     from magic141.errors import JobCancelled, Magic141Error
-    from magic141.engine.queue import JobState
-    from magic141.engine.worker import JobRunner
+    from magic141.protocol import JobResult, JobSpec, JobState
 
     from .extend import extend_clip
 
-    runner = JobRunner(args.device, previews=False)
+    def run_job(job_id: str, spec: JobSpec) -> JobResult:
+        # Imported here: torch loads only after the timeline, clip and output were checked, so
+        # a mistake is reported at once.
+        from magic141.engine.cli import ProgressBar
+        from magic141.engine.worker import JobRunner
 
-    def run_job(job_id: str, spec: dict) -> dict:
+        runner = JobRunner(args.device, previews=False)
         bar = ProgressBar()
         try:
             outcome = runner.execute(job_id, spec, progress=bar)
@@ -46,8 +50,8 @@ def run_extend(args) -> int:
             bar.close()
         if outcome.state == JobState.CANCELLED:
             raise JobCancelled("the job was cancelled; the timeline is unchanged")
-        if outcome.state != JobState.DONE:
-            raise Magic141Error(outcome.reason)
+        if outcome.state != JobState.DONE or outcome.result is None:
+            raise Magic141Error(outcome.reason or "the job did not finish", field=outcome.field)
         return outcome.result
 
     result = extend_clip(args.timeline, args.clip, prompt=args.prompt, seconds=args.seconds, run_job=run_job,

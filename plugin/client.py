@@ -21,6 +21,8 @@ from magic141 import home as home_dir
 from magic141.errors import EngineError
 from magic141.protocol import Event, JobSpec, progress_fraction
 
+__all__ = ["EngineClient", "EngineError", "progress_fraction"]  # the last two re-exported for the front ends
+
 
 class EngineClient:
     def __init__(self, root: str | os.PathLike | None = None, *, timeout: float = 30.0,
@@ -35,7 +37,7 @@ class EngineClient:
 
     # Finding and starting the service ----------------------------------------------------------
 
-    def connect(self, *, start: bool = True, wait: float = 120.0) -> "EngineClient":
+    def connect(self, *, start: bool = True, wait: float = 120.0) -> EngineClient:
         if self._try_existing():
             return self
         if not start:
@@ -79,8 +81,9 @@ class EngineClient:
     def _connection(self, timeout: float | None = None) -> http.client.HTTPConnection:
         if self._url is None:
             self.connect()
-        parts = urlsplit(self._url)
-        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout or self.timeout)
+        parts = urlsplit(str(self._url))
+        return http.client.HTTPConnection(parts.hostname or "localhost", parts.port,
+                                          timeout=timeout or self.timeout)
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
         connection = self._connection()
@@ -99,7 +102,8 @@ class EngineClient:
         except ValueError:
             decoded = {"error": data.decode(errors="replace")}
         if response.status >= 400:
-            raise EngineError(decoded.get("error", f"HTTP {response.status}"), response.status)
+            raise EngineError(decoded.get("error", f"HTTP {response.status}"), response.status,
+                              field=decoded.get("field"))
         return decoded
 
     def health(self) -> dict:

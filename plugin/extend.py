@@ -1,8 +1,8 @@
 """Extend a clip of a timeline: pick clip + frame -> job spec -> engine -> media -> timeline edit.
 
-The flow never imports torch itself: the job runs through ``run_job(job_id, spec) -> result``,
-which is the engine service's client for the panel and an in-process ``JobRunner`` for the
-``magic141 extend`` command. Either way the job crosses the same versioned JSON spec.
+The flow never imports torch itself: the job runs through ``run_job(job_id, spec) -> result``
+(a ``protocol.JobSpec`` in, a ``protocol.JobResult`` out), which is the engine service's client for
+the panel and an in-process ``JobRunner`` for the ``magic141 extend`` command.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from pathlib import Path
 
 import opentimelineio as otio
 
-from magic141.protocol import DEFAULT_MODEL, JobSpec, Source, model_field, output_name
+from magic141.errors import InvalidInput, TimelineError
+from magic141.protocol import DEFAULT_MODEL, JobResult, JobSpec, Source, clip_record, model_field, output_name
 
 from . import timeline as tl
+
 
 @dataclass(frozen=True)
 class ExtendResult:
@@ -43,33 +45,22 @@ def media_dir_for(timeline: Path) -> Path:
     return timeline.parent / f"{timeline.stem}_magic141"
 
 
-def generated_metadata(job_id: str, spec: dict, result: dict, *, source_clip: str, source_frame: int | None,
-                       **extra) -> dict:
-    """What a generated clip keeps under ``metadata["magic141"]``: enough to redo it or make a variation."""
-    return {
-        "job_id": job_id, "prompt": spec["prompt"], "seed": spec["seed"], "model": spec["model"],
-        "quant": spec["quant"], "steps": (result.get("settings") or {}).get("steps", spec.get("steps")),
-        "source_clip": source_clip, "source_frame": source_frame, "source_time": spec["source"].get("time"),
-        "seconds": spec["seconds"], **extra,
-    }
-
-
 def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
              media_dir: Path, job_id: str, seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
-             steps: int | None = None, codec: str = "h264") -> dict:
+             steps: int | None = None, codec: str = "h264") -> JobSpec:
     """The engine job that continues ``ref`` from ``frame`` at the timeline's rate, or (frame None)
     makes a clip from the prompt alone to go after ``ref``."""
     if frame is None:
         source, kind = Source("none"), "text"
     else:
         if ref.media_path is None or ref.offline:
-            raise tl.TimelineError(f"clip {ref.name!r} is offline: {ref.reason}")
+            raise TimelineError(f"clip {ref.name!r} is offline: {ref.reason}")
         source, kind = Source("media", str(ref.media_path.resolve()), tl.media_seconds(ref, frame)), "ext"
     return JobSpec(
         source=source, prompt=prompt, seconds=seconds, fps=rate, seed=seed, model=model_field(model),
         quant=quant, steps=steps, codec=codec, output_dir=str(media_dir.resolve()),
         output_name=output_name(ref.name, kind, job_id, codec),
-    ).to_json()
+    )
 
 
 def extend_clip(
@@ -78,7 +69,7 @@ def extend_clip(
     *,
     prompt: str,
     seconds: Fraction,
-    run_job: Callable[[str, dict], dict],
+    run_job: Callable[[str, JobSpec], JobResult],
     at: int | None = None,
     mode: str = "insert",
     out: str | Path | None = None,
@@ -89,7 +80,7 @@ def extend_clip(
 ) -> ExtendResult:
     """Everything after the editor's choices: check them, run the job, edit and save the timeline."""
     if mode not in tl.MODES:
-        raise tl.TimelineError(f"--mode must be one of {', '.join(tl.MODES)}, got {mode!r}")
+        raise InvalidInput(f"must be one of {', '.join(tl.MODES)}, got {mode!r}", field="mode")
     doc = tl.open_timeline(timeline)
     ref = tl.find_clip(doc, clip)
     frame = tl.last_frame(ref) if at is None else at
@@ -100,12 +91,11 @@ def extend_clip(
                     media_dir=media_dir_for(out), job_id=job_id, seed=seed, model=model,
                     quant=quant, steps=steps)
     result = run_job(job_id, spec)
-    metadata = generated_metadata(job_id, spec, result, source_clip=ref.name, source_frame=frame)
-    new_clip = tl.add_generated_clip(doc, ref, Path(result["path"]), result["frames"], doc.rate, metadata, mode)
+    metadata = clip_record(job_id, spec, result, source_clip=ref.name, source_frame=frame)
+    new_clip = tl.add_generated_clip(doc, ref, Path(result.path), result.frames, doc.rate, metadata, mode)
     saved = tl.save_timeline(doc, out)
     placed = new_clip.range_in_parent()
-    rate_f = float(doc.rate)
-    return ExtendResult(timeline=saved, media=Path(result["path"]), clip_name=new_clip.name,
-                        track_name=new_clip.parent().name, start=placed.start_time,
-                        timeline_start=doc.timeline.global_start_time or otio.opentime.RationalTime(0, rate_f),
+    origin = doc.timeline.global_start_time or otio.opentime.RationalTime(0, float(doc.rate))
+    return ExtendResult(timeline=saved, media=Path(result.path), clip_name=new_clip.name,
+                        track_name=new_clip.parent().name, start=placed.start_time, timeline_start=origin,
                         duration=placed.duration, job_id=job_id)

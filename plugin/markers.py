@@ -19,8 +19,8 @@ Traps avoided:
   it sits in the media (clip name, media file name, source in-point, marker time, prompt,
   seconds, seed, model), never from the clip's position on the track, which the previous run's
   inserts have rippled. The queue's submit is idempotent by id, and a marker whose id is already
-  in some clip's ``metadata["magic141"]["job_id"]`` (or in its media file's name, for hosts such
-  as Resolve whose export drops clip metadata) is skipped.
+  in some clip's ``metadata["magic141"]["job_id"]`` (or in its media file's name, read back with
+  ``protocol.job_id_of``, for hosts such as Resolve whose export drops clip metadata) is skipped.
 - The spec's output folder follows the timeline file, the id does not: a job that an earlier run
   (perhaps from another copy of the timeline) already queued is reused as it is, never submitted
   again with a different spec (the service would refuse the id as conflicting).
@@ -38,28 +38,33 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import opentimelineio as otio
 
-from magic141.protocol import DEFAULT_MODEL, MAX_SECONDS, model_field
+from magic141.errors import EngineError, InvalidInput, TimelineError
+from magic141.protocol import (
+    DEFAULT_MODEL,
+    MAX_SECONDS,
+    JobResult,
+    JobSpec,
+    JobState,
+    clip_record,
+    job_id_of,
+    model_field,
+)
+from magic141.rational import rate_from_float, rational_text
 
 from . import timeline as tl
-from .extend import generated_metadata, job_spec
+from .extend import job_spec, media_dir_for
 
 PREFIX = "magic141:"
 OPTIONS = ("seconds", "seed")
 _PREFIX = re.compile(r"^\s*magic141\s*:", re.IGNORECASE)
 _OPTION = re.compile(r"^(seconds|seed)=(.*)$", re.IGNORECASE)
-TERMINAL = ("DONE", "FAILED", "CANCELLED")
-_MEDIA_ID = re.compile(r"_ext_(mk-[0-9a-f]{20})\.[A-Za-z0-9]+$")  # extend.job_spec's output_name
-
-
-class MarkerError(tl.TimelineError):
-    """A ``magic141:`` marker cannot be turned into a job (bad option, outside its clip, offline media)."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,12 @@ class MarkerJob:
     seconds: Fraction
     seed: int
     job_id: str
-    spec: dict
+    spec: JobSpec
     in_timeline: bool  # a clip with this job id is already in the timeline
 
     def describe(self) -> str:
-        return f"clip {self.ref.name!r} frame {self.frame}: {self.prompt!r} ({self.seconds} s, seed {self.seed})"
+        return (f"clip {self.ref.name!r} frame {self.frame}: {self.prompt!r} ({self.seconds} s, "
+                f"seed {self.seed})")
 
 
 # Parsing ---------------------------------------------------------------------------------------
@@ -101,15 +107,15 @@ def parse_seconds(text: str) -> Fraction:
     try:
         value = Fraction(text.strip())
     except (ValueError, ZeroDivisionError):
-        raise MarkerError(f"seconds={text} is not a number (write 3, 2.5 or 5/2)") from None
+        raise TimelineError(f"seconds={text} is not a number (write 3, 2.5 or 5/2)") from None
     if not 0 < value <= MAX_SECONDS:
-        raise MarkerError(f"seconds={text} must be more than 0 and at most {MAX_SECONDS}")
+        raise TimelineError(f"seconds={text} must be more than 0 and at most {MAX_SECONDS}")
     return value
 
 
 def _seed(text: str) -> int:
     if not text.strip().isdigit() or int(text) >= 2**63:
-        raise MarkerError(f"seed={text} must be a whole number from 0 to 2**63-1")
+        raise TimelineError(f"seed={text} must be a whole number from 0 to 2**63-1")
     return int(text)
 
 
@@ -123,7 +129,7 @@ def _split(text: str, found: dict[str, str]) -> str:
             continue
         key = option.group(1).lower()
         if key in found:
-            raise MarkerError(f"{key}= is given twice")
+            raise TimelineError(f"{key}= is given twice")
         found[key] = option.group(2)
     return " ".join(words)
 
@@ -131,25 +137,28 @@ def _split(text: str, found: dict[str, str]) -> str:
 def parse_marker(marker: otio.schema.Marker) -> MarkerRequest | None:
     """The request in a ``magic141:`` marker, ``None`` for any other marker.
 
-    Raises ``MarkerError`` (naming the marker) when the name is ours but malformed."""
+    Raises ``TimelineError`` (naming the marker) when the name is ours but malformed."""
+    return _request(marker) if is_request(marker) else None
+
+
+def _request(marker: otio.schema.Marker) -> MarkerRequest:
+    """The request in a marker ``is_request`` accepted."""
     name = marker.name or ""
-    match = _PREFIX.match(name)
-    if match is None:
-        return None
+    prefix = _PREFIX.match(name)
     found: dict[str, str] = {}
     try:
-        prompt = _split(name[match.end():], found)
+        prompt = _split(name[prefix.end() if prefix else 0:], found)
         if not prompt:  # the prompt may live in the marker's note
             prompt = _split(getattr(marker, "comment", "") or "", found)
         if not prompt:
-            raise MarkerError("it has no prompt (write magic141: <what happens next>)")
+            raise TimelineError("it has no prompt (write magic141: <what happens next>)")
         return MarkerRequest(
             prompt=prompt,
             seconds=parse_seconds(found["seconds"]) if "seconds" in found else None,
             seed=_seed(found["seed"]) if "seed" in found else None,
         )
-    except MarkerError as exc:
-        raise MarkerError(f"marker {name!r}: {exc}") from None
+    except TimelineError as exc:
+        raise TimelineError(f"marker {name!r}: {exc}") from None
 
 
 def annotate(timeline) -> int:
@@ -167,11 +176,11 @@ def annotate(timeline) -> int:
             if not is_request(marker):
                 continue
             try:
-                request = parse_marker(marker)
+                request = _request(marker)
                 note = {"prompt": request.prompt,
-                        "seconds": None if request.seconds is None else str(request.seconds),
+                        "seconds": None if request.seconds is None else rational_text(request.seconds),
                         "seed": request.seed}
-            except MarkerError as exc:
+            except TimelineError as exc:
                 note = {"error": str(exc)}
             marker.metadata[tl.NAMESPACE] = note
             count += 1
@@ -182,18 +191,18 @@ def annotate(timeline) -> int:
 
 
 def _seconds_of(time: otio.opentime.RationalTime) -> Fraction:
-    return Fraction(time.value) / tl.rational_rate(time.rate)
+    return Fraction(time.value) / rate_from_float(time.rate)
 
 
 def _frame_in_clip(ref: tl.ClipRef, marker: otio.schema.Marker) -> int:
     source = ref.clip.trimmed_range()
-    rate = tl.rational_rate(source.duration.rate)
+    rate = rate_from_float(source.duration.rate)
     offset = _seconds_of(marker.marked_range.start_time) - _seconds_of(source.start_time)
     frame = round(offset * rate)
     frames = tl.clip_frames(ref)
     if not 0 <= frame < frames:
-        raise MarkerError(f"marker {marker.name!r} on clip {ref.name!r} lies outside the clip (frame {frame}; "
-                          f"the clip shows frames 0 to {frames - 1}): move it onto the clip")
+        raise TimelineError(f"marker {marker.name!r} on clip {ref.name!r} lies outside the clip (frame "
+                            f"{frame}; the clip shows frames 0 to {frames - 1}): move it onto the clip")
     return frame
 
 
@@ -204,10 +213,9 @@ def generated_job_ids(doc: tl.TimelineDoc) -> set[str]:
         made = clip.metadata.get(tl.NAMESPACE)
         if made is not None and hasattr(made, "get") and made.get("job_id"):
             ids.add(str(made.get("job_id")))
-        url = getattr(clip.media_reference, "target_url", None) or ""
-        named = _MEDIA_ID.search(url)
+        named = job_id_of(getattr(clip.media_reference, "target_url", None) or "")
         if named:
-            ids.add(named.group(1))
+            ids.add(named)
     return ids
 
 
@@ -217,14 +225,15 @@ def job_id(identity: dict) -> str:
     return f"mk-{digest[:20]}"
 
 
-def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: int = 0, model: str = DEFAULT_MODEL,
-                quant: str = "none", steps: int | None = None, media_dir: Path | None = None) -> list[MarkerJob]:
+def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: int = 0,
+                model: str = DEFAULT_MODEL, quant: str = "none", steps: int | None = None,
+                media_dir: Path | None = None) -> list[MarkerJob]:
     """Every ``magic141:`` marker on the video clips of ``doc``, checked and turned into a job spec.
 
     ``seconds`` and ``seed`` are used where a marker does not say. Generated media goes to
     ``media_dir`` (default: ``<timeline name>_magic141`` beside the timeline). Raises
-    ``MarkerError`` naming the first bad marker (and how many more there are)."""
-    media_dir = Path(media_dir) if media_dir is not None else doc.path.parent / f"{doc.path.stem}_magic141"
+    ``TimelineError`` naming the first bad marker (and how many more there are)."""
+    media_dir = Path(media_dir) if media_dir is not None else media_dir_for(doc.path)
     done = generated_job_ids(doc)
     jobs: list[MarkerJob] = []
     problems: list[str] = []
@@ -234,17 +243,19 @@ def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: i
         marked.sort(key=lambda m: _seconds_of(m.marked_range.start_time))
         for marker in marked:
             try:
-                request = parse_marker(marker)
+                request = _request(marker)
                 frame = _frame_in_clip(ref, marker)
-                if ref.offline:
-                    raise MarkerError(f"marker {marker.name!r} is on clip {ref.name!r}, which is offline: {ref.reason}")
+                if ref.offline or ref.media_path is None:
+                    raise TimelineError(f"marker {marker.name!r} is on clip {ref.name!r}, which is offline: "
+                                        f"{ref.reason}")
                 wanted = request.seconds if request.seconds is not None else seconds
                 chosen_seed = request.seed if request.seed is not None else seed
                 identity = {
                     "clip": ref.name, "media": ref.media_path.name,
                     "source_in": str(_seconds_of(ref.clip.trimmed_range().start_time)),
                     "marker": str(_seconds_of(marker.marked_range.start_time)), "prompt": request.prompt,
-                    "seconds": str(wanted), "seed": chosen_seed, "model": model, "quant": quant, "steps": steps,
+                    "seconds": str(wanted), "seed": chosen_seed, "model": model, "quant": quant,
+                    "steps": steps,
                 }
                 key = json.dumps(identity, sort_keys=True)
                 seen[key] = seen.get(key, 0) + 1
@@ -253,21 +264,21 @@ def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: i
                 spec = job_spec(ref, frame, prompt=request.prompt, seconds=wanted, rate=doc.rate,
                                 media_dir=media_dir, job_id=ident, seed=chosen_seed, model=model, quant=quant,
                                 steps=steps)
-            except tl.TimelineError as exc:
+            except InvalidInput as exc:  # a bad marker, or a spec it would make
                 problems.append(str(exc))
                 continue
             jobs.append(MarkerJob(ref, marker, frame, request.prompt, wanted, chosen_seed, ident, spec,
                                   ident in done))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise MarkerError(f"{problems[0]}{more}")
+        raise TimelineError(f"{problems[0]}{more}")
     return jobs
 
 
 # Writing results back --------------------------------------------------------------------------
 
 
-def _anchor(job: MarkerJob, siblings: set[str]) -> tl.ClipRef:
+def _anchor(job: MarkerJob, siblings: Collection[str]) -> tl.ClipRef:
     """The item to insert after: the marked clip, or the last result of its earlier markers."""
     track = job.ref.track
     index = track.index(job.ref.clip)
@@ -280,17 +291,17 @@ def _anchor(job: MarkerJob, siblings: set[str]) -> tl.ClipRef:
     return dataclasses.replace(job.ref, clip=track[index])
 
 
-def apply_result(doc: tl.TimelineDoc, job: MarkerJob, result: dict, *, mode: str = "insert",
-                 siblings: set[str] = frozenset()) -> otio.schema.Clip:
+def apply_result(doc: tl.TimelineDoc, job: MarkerJob, result: JobResult, *, mode: str = "insert",
+                 siblings: Collection[str] = frozenset()) -> otio.schema.Clip:
     """Place one finished job's media after its marked clip, and after the results of ``siblings``
     (the same clip's other markers) already there; on a new track in ``newtrack`` mode."""
-    metadata = generated_metadata(job.job_id, job.spec, result, source_clip=job.ref.name, source_frame=job.frame,
-                                  marker=job.marker.name)
+    metadata = clip_record(job.job_id, job.spec, result, source_clip=job.ref.name, source_frame=job.frame,
+                           marker=job.marker.name)
     anchor = job.ref if mode == "newtrack" else _anchor(job, siblings)
-    return tl.add_generated_clip(doc, anchor, Path(result["path"]), int(result["frames"]), doc.rate, metadata, mode)
+    return tl.add_generated_clip(doc, anchor, Path(result.path), result.frames, doc.rate, metadata, mode)
 
 
-def apply_results(doc: tl.TimelineDoc, jobs: list[MarkerJob], results: dict[str, dict], *,
+def apply_results(doc: tl.TimelineDoc, jobs: list[MarkerJob], results: dict[str, JobResult], *,
                   mode: str = "insert") -> list[otio.schema.Clip]:
     """Place every job that has a result; returns the new clips in ``jobs`` order."""
     siblings: dict[int, set[str]] = {}
@@ -316,11 +327,10 @@ class QueueReport:
     saved: Path | None
 
 
-def submit_jobs(client, jobs: list[MarkerJob], *, priority: int = 0, say: Callable[[str], None] = print) -> list[str]:
+def submit_jobs(client, jobs: list[MarkerJob], *, priority: int = 0,
+                say: Callable[[str], None] = print) -> list[str]:
     """Queue every job not yet in the timeline; one already queued is reused, a failed or cancelled
     one retried. Returns their ids."""
-    from .client import EngineError
-
     submitted = []
     for job in jobs:
         if job.in_timeline:
@@ -331,7 +341,7 @@ def submit_jobs(client, jobs: list[MarkerJob], *, priority: int = 0, say: Callab
             if exc.status != 404:
                 raise
             queued = client.submit(job.spec, job_id=job.job_id, priority=priority)
-        if queued["state"] in ("FAILED", "CANCELLED"):
+        if queued["state"] in (JobState.FAILED, JobState.CANCELLED):
             queued = client.retry(job.job_id)
         submitted.append(job.job_id)
         say(f"{job.job_id}  {queued['state']:<10} {job.describe()}")
@@ -349,7 +359,7 @@ def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], 
             job = client.job(ident)
             if watch is not None:
                 watch(job)
-            if job["state"] in TERMINAL:
+            if JobState(job["state"]).terminal:
                 pending.remove(ident)
                 ended[ident] = job
                 detail = job.get("error") or (job.get("result") or {}).get("path") or ""
@@ -361,39 +371,39 @@ def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], 
 
 def queue_from_timeline(path: str | Path, connect: Callable[[], object], *, apply: bool = False,
                         out: str | Path | None = None, mode: str = "insert", seconds: Fraction = Fraction(5),
-                        seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none", steps: int | None = None,
-                        priority: int = 0, say: Callable[[str], None] = print) -> QueueReport:
+                        seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
+                        steps: int | None = None, priority: int = 0,
+                        say: Callable[[str], None] = print) -> QueueReport:
     """Markers -> queued jobs; with ``apply``, wait and write every result into the timeline
     (``out``, or in place keeping ``NAME.bak``). ``connect()`` gives the engine client; it is only
     called when there is something to submit."""
     if mode not in tl.MODES:
-        raise MarkerError(f"--mode must be one of {', '.join(tl.MODES)}, got {mode!r}")
+        raise InvalidInput(f"must be one of {', '.join(tl.MODES)}, got {mode!r}", field="mode")
     if out is not None and not apply:
-        raise MarkerError("--out needs --apply (without it the timeline is not written)")
+        raise InvalidInput("is written only when the results are applied: without apply the timeline is not "
+                           "written", field="out")
     model = model_field(model)  # the engine runs elsewhere: never a relative path
     doc = tl.open_timeline(path)
     jobs = marker_jobs(doc, seconds=seconds, seed=seed, model=model, quant=quant, steps=steps)
     if not jobs:
-        raise MarkerError(f"no clip of {doc.path.name} has a marker named '{PREFIX} <prompt>'")
+        raise TimelineError(f"no clip of {doc.path.name} has a marker named '{PREFIX} <prompt>'")
     skipped = [job.job_id for job in jobs if job.in_timeline]
     for job in jobs:
         if job.in_timeline:
             say(f"{job.job_id}  IN TIMELINE {job.describe()}")
     report = QueueReport(jobs, [], skipped, [], {}, None)
-    if len(skipped) == len(jobs):
-        return report
-    client = connect()
-    report.submitted = submit_jobs(client, jobs, priority=priority, say=say)
-    if not apply:
-        return report
-    ended = wait_for(client, report.submitted, say=say)
-    results = {}
-    for ident, outcome in ended.items():
-        if outcome["state"] == "DONE":
-            results[ident] = outcome["result"]
-        else:
-            report.failed[ident] = outcome.get("error") or outcome["state"].lower()
-    report.added = apply_results(doc, [job for job in jobs if not job.in_timeline], results, mode=mode)
-    if report.added:
+    if len(skipped) < len(jobs):
+        client = connect()
+        report.submitted = submit_jobs(client, jobs, priority=priority, say=say)
+        if not apply:
+            return report
+        results = {}
+        for ident, outcome in wait_for(client, report.submitted, say=say).items():
+            if outcome["state"] == JobState.DONE:
+                results[ident] = JobResult.from_json(outcome["result"])
+            else:
+                report.failed[ident] = outcome.get("error") or outcome["state"].lower()
+        report.added = apply_results(doc, [job for job in jobs if not job.in_timeline], results, mode=mode)
+    if apply and (report.added or out is not None):  # a script that reads ``out`` next finds it
         report.saved = tl.save_timeline(doc, out)
     return report

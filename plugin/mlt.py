@@ -30,7 +30,6 @@ Traps avoided:
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -39,25 +38,23 @@ from xml.etree import ElementTree as ET
 
 import opentimelineio as otio
 
-from .timeline import TimelineError, rational_rate
+from magic141 import atomic
+from magic141.errors import TimelineError
+from magic141.rational import rate_from_float
 
 DEFAULT_SIZE = (1920, 1080)
 
 
-class MltError(TimelineError):
-    """The timeline cannot be written as MLT XML (nested stacks, no rate, an unwritable file)."""
-
-
 def _seconds(time: otio.opentime.RationalTime) -> Fraction:
-    return Fraction(time.value) / rational_rate(time.rate)
+    return Fraction(time.value) / rate_from_float(time.rate)
 
 
 def _timeline_rate(timeline: otio.schema.Timeline) -> Fraction:
     if timeline.global_start_time is not None:
-        return rational_rate(timeline.global_start_time.rate)
+        return rate_from_float(timeline.global_start_time.rate)
     for clip in timeline.find_clips():
-        return rational_rate(clip.trimmed_range().duration.rate)
-    raise MltError("the timeline has no clips and no start time: its frame rate is unknown")
+        return rate_from_float(clip.trimmed_range().duration.rate)
+    raise TimelineError("the timeline has no clips and no start time: its frame rate is unknown")
 
 
 def resource_path(url: str, base: Path | None) -> tuple[str, Path | None]:
@@ -79,20 +76,14 @@ def _frame_size(timeline: otio.schema.Timeline, base: Path | None) -> tuple[int,
     """The first video clip's media size (PyAV probe), or 1920x1080 when none can be read."""
     import av  # PyAV only; no torch
 
-    bases = [base]
-    if base is not None and base.name.startswith("."):
-        # An atomic writer (timeline.save_timeline) writes into a hidden folder beside the target
-        # and renames: relative URLs are relative to the target's folder, one level up.
-        bases.append(base.parent)
     for track in timeline.video_tracks():
         for clip in track.find_clips():
             reference = clip.media_reference
             if not isinstance(reference, otio.schema.ExternalReference) or not reference.target_url:
                 continue
-            found = [p for p in (resource_path(reference.target_url, b)[1] for b in bases) if p and p.is_file()]
-            if not found:
+            path = resource_path(reference.target_url, base)[1]
+            if path is None or not path.is_file():
                 continue
-            path = found[0]
             try:
                 with av.open(str(path)) as container:
                     context = container.streams.video[0].codec_context
@@ -111,14 +102,15 @@ def _property(parent: ET.Element, name: str, value) -> None:
 
 
 class _Writer:
-    def __init__(self, timeline: otio.schema.Timeline, base: Path | None, width: int | None, height: int | None):
+    def __init__(self, timeline: otio.schema.Timeline, base: Path | None, width: int | None,
+                 height: int | None) -> None:
         self.timeline = timeline
         self.base = base
         self.rate = _timeline_rate(timeline)
         size = (width, height) if width and height else _frame_size(timeline, base)
         self.width, self.height = int(size[0]), int(size[1])
         if self.width <= 0 or self.height <= 0:
-            raise MltError(f"frame size must be positive, got {self.width}x{self.height}")
+            raise TimelineError(f"frame size must be positive, got {self.width}x{self.height}")
         self.producers: dict[str, str] = {}  # resource -> producer id
         self.root = ET.Element("mlt", LC_NUMERIC="C", version="7.0.0", producer="main",
                                title=timeline.name or "magic141")
@@ -130,32 +122,34 @@ class _Writer:
                       width=str(self.width), height=str(self.height), progressive="1",
                       sample_aspect_num="1", sample_aspect_den="1",
                       display_aspect_num=str(aspect.numerator), display_aspect_den=str(aspect.denominator),
-                      frame_rate_num=str(rate.numerator), frame_rate_den=str(rate.denominator), colorspace="709")
+                      frame_rate_num=str(rate.numerator), frame_rate_den=str(rate.denominator),
+                      colorspace="709")
         tracks = list(self.timeline.tracks)
         playlists = []
         for number, track in enumerate(tracks, start=1):
             if not isinstance(track, otio.schema.Track):
-                raise MltError(f"the timeline's stack holds a {type(track).__name__}, not a track")
+                raise TimelineError(f"the timeline's stack holds a {type(track).__name__}, not a track")
             playlists.append(self._playlist(track, number))
         total = max([length for _, length in playlists] + [1])
-        black = ET.Element("producer", id="black", **{"in": "0", "out": str(total - 1)})
+        whole = {"in": "0", "out": str(total - 1)}
+        black = ET.Element("producer", whole, id="black")
         _property(black, "length", total)
         _property(black, "resource", "#000000")
         _property(black, "mlt_service", "color")
         self.root.insert(1, black)
         background = ET.Element("playlist", id="background")
-        ET.SubElement(background, "entry", producer="black", **{"in": "0", "out": str(total - 1)})
+        ET.SubElement(background, "entry", whole, producer="black")
         self.root.insert(2, background)
         for element, _ in playlists:
             self.root.append(element)
-        tractor = ET.SubElement(self.root, "tractor", id="main", **{"in": "0", "out": str(total - 1)})
+        tractor = ET.SubElement(self.root, "tractor", whole, id="main")
         _property(tractor, "shotcut", 1)  # Shotcut opens it as a timeline, not as a clip
         multitrack = ET.SubElement(tractor, "multitrack")
         ET.SubElement(multitrack, "track", producer="background")
-        for track, (element, _) in zip(tracks, playlists):
+        for track, (element, _) in zip(tracks, playlists, strict=True):
             audio = track.kind == otio.schema.TrackKind.Audio
             hide = "both" if not track.enabled else ("video" if audio else "audio")
-            ET.SubElement(multitrack, "track", producer=element.get("id"), hide=hide)
+            ET.SubElement(multitrack, "track", producer=element.attrib["id"], hide=hide)
         for number, track in enumerate(tracks, start=1):
             if track.kind == otio.schema.TrackKind.Audio and track.enabled:
                 mix = ET.SubElement(tractor, "transition", id=f"mix{number}")
@@ -184,8 +178,8 @@ class _Writer:
             if isinstance(item, otio.schema.Transition):
                 continue  # overlaps its neighbours and takes no track time: a cut
             if not isinstance(item, (otio.schema.Clip, otio.schema.Gap)):
-                raise MltError(f"track {track.name!r} holds a nested {type(item).__name__} ({item.name!r}): "
-                               "flatten it first (otio.algorithms.flatten_stack)")
+                raise TimelineError(f"track {track.name!r} holds a nested {type(item).__name__} "
+                                    f"({item.name!r}): flatten it first (otio.algorithms.flatten_stack)")
             # Place by the exact end time, so rounding never accumulates along the track.
             end = _frames(_seconds(item.range_in_parent().end_time_exclusive()), self.rate)
             length = end - position
@@ -207,12 +201,13 @@ class _Writer:
             return None
         resource, _ = resource_path(reference.target_url, self.base)
         source = clip.trimmed_range()
-        media_start = _seconds(reference.available_range.start_time) if reference.available_range else Fraction(0)
+        available = reference.available_range
+        media_start = _seconds(available.start_time) if available else Fraction(0)
         first = _frames(_seconds(source.start_time) - media_start, self.rate)
         if first < 0:
-            raise MltError(f"clip {clip.name!r} starts before its media's available range")
-        entry = ET.Element("entry", producer=self._producer(resource),
-                           **{"in": str(first), "out": str(first + length - 1)})
+            raise TimelineError(f"clip {clip.name!r} starts before its media's available range")
+        entry = ET.Element("entry", {"in": str(first), "out": str(first + length - 1)},
+                           producer=self._producer(resource))
         _property(entry, "magic141:clip", clip.name)
         return entry
 
@@ -222,7 +217,7 @@ def to_mlt(timeline: otio.schema.Timeline, *, base: str | os.PathLike | None = N
     """The timeline as an MLT XML document. ``base`` is the folder relative media URLs resolve
     against (for probing the frame size); ``width``/``height`` override the probed size."""
     if not isinstance(timeline, otio.schema.Timeline):
-        raise MltError(f"only a Timeline can be written as MLT, got {type(timeline).__name__}")
+        raise TimelineError(f"only a Timeline can be written as MLT, got {type(timeline).__name__}")
     root = _Writer(timeline, Path(base) if base is not None else None, width, height).build()
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
@@ -230,21 +225,11 @@ def to_mlt(timeline: otio.schema.Timeline, *, base: str | os.PathLike | None = N
 
 def write_mlt(timeline: otio.schema.Timeline, path: str | os.PathLike, *, width: int | None = None,
               height: int | None = None) -> Path:
-    """Write atomically (a temporary file beside ``path``, then a rename). Relative media URLs
-    must already be relative to ``path``'s folder (``timeline.save_timeline`` rebases them)."""
+    """Write atomically, mode 0666 less the umask like any other file. Relative media URLs must
+    already be relative to ``path``'s folder (``timeline.save_timeline`` rebases them)."""
     path = Path(path)
     text = to_mlt(timeline, base=path.parent, width=width, height=height)
-    temp: Path | None = None
     try:
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".partial", delete=False) as handle:
-            temp = Path(handle.name)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        return atomic.write_text(path, text)
     except OSError as exc:
-        if temp is not None:
-            temp.unlink(missing_ok=True)
-        raise MltError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+        raise TimelineError(f"cannot write {path}: {exc.strerror or exc}") from exc

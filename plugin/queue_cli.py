@@ -12,6 +12,10 @@ import json
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from magic141.protocol import JobSpec
 
 EXIT_JOB_FAILED = 1
 
@@ -20,14 +24,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     from magic141 import cli_args
     from magic141.cli_args import QUANT_CHOICES
     from magic141.engine.cli import add_job_options
-    from magic141.protocol import DEFAULT_MODEL
+    from magic141.protocol import DEFAULT_MODEL, SPEC_VERSION
 
     queue = commands.add_parser("queue", help="the persistent render queue")
     queue.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    add = actions.add_parser("add", help="queue a job (the options of generate, or --spec FILE); prints its id")
-    add.add_argument("--spec", type=Path, help="a job spec JSON file (version 1) instead of the options")
+    add = actions.add_parser("add",
+                             help="queue a job (the options of generate, or --spec FILE); prints its id")
+    add.add_argument("--spec", type=Path,
+                     help=f"a job spec JSON file (version {SPEC_VERSION} or older) instead of the options")
     add.add_argument("--id", help="job id (submitting the same id and spec again is a no-op)")
     add.add_argument("--priority", type=int, default=0)
     add.add_argument("--model", default=DEFAULT_MODEL)
@@ -56,13 +62,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--ray", metavar="auto|ADDRESS", help="spread jobs over Ray actors, one GPU each")
     run.add_argument("--actors", type=int, help="with --ray: how many actors (default: one per GPU)")
     run.set_defaults(handler=run_drain)
-    marks = actions.add_parser("from-timeline", help="queue one job per clip marker named 'magic141: <prompt>'")
+    marks = actions.add_parser("from-timeline",
+                               help="queue one job per clip marker named 'magic141: <prompt>'")
     marks.add_argument("timeline", help=".otio, .otioz, .otiod or any timeline OTIO's adapters read")
     marks.add_argument("--apply", action="store_true",
                        help="wait, then put every result right after its marked clip and save the timeline")
     marks.add_argument("--out", help="with --apply: save here (default: in place, keeping NAME.bak)")
     marks.add_argument("--mode", choices=("insert", "overwrite", "newtrack"), default="insert")
-    marks.add_argument("--seconds", type=cli_args.seconds, default=Fraction(5), help="where a marker has no seconds=")
+    marks.add_argument("--seconds", type=cli_args.seconds, default=Fraction(5),
+                       help="where a marker has no seconds=")
     marks.add_argument("--seed", type=cli_args.seed, default=0, help="where a marker has no seed=")
     marks.add_argument("--model", default=DEFAULT_MODEL)
     marks.add_argument("--quant", choices=QUANT_CHOICES, default="none")
@@ -77,44 +85,48 @@ def _client(args):
     return EngineClient(args.home).connect()
 
 
-def spec_from_args(args) -> dict:
-    from magic141.protocol import model_field
+def read_spec(path: Path) -> JobSpec:
+    """A job spec JSON file (``--spec``); its errors name the file, then the field at fault."""
+    from magic141.errors import InvalidInput
+    from magic141.protocol import JobSpec
+
+    try:
+        return JobSpec.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:  # InvalidInput is a ValueError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidInput(f"{path}: {reason}", field="spec") from exc
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job ``queue add`` asks for: the ``--spec`` file, or the options (output: ``--out``, else the
+    engine's ``outputs/`` folder)."""
+    from magic141 import home as home_dir
+    from magic141.errors import InvalidInput
+    from magic141.protocol import JobSpec, Source, codec_for, model_field
+    from magic141.rational import parse_rational
 
     if args.spec is not None:
-        try:
-            return json.loads(args.spec.read_text())
-        except (OSError, ValueError) as exc:
-            from magic141.errors import InvalidInput
-
-            raise InvalidInput(f"--spec {args.spec} cannot be read as JSON: {exc}") from exc
+        return read_spec(args.spec)
     if args.prompt is None:
-        from magic141.errors import InvalidInput
-
-        raise InvalidInput("--prompt is required (or give --spec FILE)")
+        raise InvalidInput("is required (or give a job spec file)", field="prompt")
     if args.media is not None:
         if args.at is None:
-            from magic141.errors import InvalidInput
-
-            raise InvalidInput("--media needs --at TIME (seconds into the video)")
-        source = {"kind": "media", "path": str(args.media.resolve()), "time": args.at}
+            raise InvalidInput("is required with a video to start from: seconds into it", field="at")
+        source = Source("media", str(args.media.resolve()), parse_rational(args.at, "at", minimum=0))
     elif args.image is not None:
-        source = {"kind": "image", "path": str(args.image.resolve())}
+        source = Source("image", str(args.image.resolve()))
     else:
-        source = {"kind": "none"}
-    spec = {
-        "version": 1, "source": source, "prompt": args.prompt, "seconds": str(args.seconds),
-        "fps": f"{args.fps.numerator}/{args.fps.denominator}", "seed": args.seed, "model": model_field(args.model),
-        "quant": args.quant, "steps": args.steps, "height": args.height, "width": args.width,
-        "shift": args.shift, "guidance": args.cfg, "negative_prompt": args.negative_prompt,
-        "conditioning": args.conditioning, "window_overlap": args.window_overlap,
-    }
+        source = Source("none")
     if args.out is not None:
         out = args.out.resolve()
-        spec.update(output_dir=str(out.parent), output_name=out.name,
-                    codec=args.codec or ("prores" if out.suffix.lower() == ".mov" else "h264"))
-    elif args.codec:
-        spec["codec"] = args.codec
-    return spec
+        where = {"output_dir": str(out.parent), "output_name": out.name, "codec": codec_for(out, args.codec)}
+    else:
+        where = {"output_dir": str(home_dir.home(args.home) / "outputs"), "codec": args.codec or "h264"}
+    return JobSpec(
+        source=source, prompt=args.prompt, seconds=args.seconds, fps=args.fps, seed=args.seed,
+        model=model_field(args.model), quant=args.quant, steps=args.steps, height=args.height,
+        width=args.width, shift=args.shift, guidance=args.cfg, negative_prompt=args.negative_prompt,
+        conditioning=args.conditioning, window_overlap=args.window_overlap, **where)
 
 
 def run_add(args) -> int:
@@ -141,7 +153,7 @@ def run_list(args) -> int:
 
 
 def run_job_action(args) -> int:
-    from .client import EngineError
+    from magic141.errors import EngineError
 
     try:
         job = getattr(_client(args), args.verb)(args.id)
@@ -162,7 +174,8 @@ def run_pause(args) -> int:
 def run_watch(args) -> int:
     from tqdm import tqdm
 
-    from .client import EngineError
+    from magic141.errors import EngineError
+    from magic141.protocol import EventType
 
     client = _client(args)
     bars: dict[str, tqdm] = {}
@@ -171,23 +184,23 @@ def run_watch(args) -> int:
             job = client.job(args.id)  # 404 -> a clear error
             print(_line(job), file=sys.stderr)
         for event in client.events(args.id):
-            key = event["job"]
-            if event["type"] == "step":
-                label = f"{key[:8]} window {event['window']}/{event['windows']}"
+            key = event.job
+            if event.type == EventType.STEP:
+                label = f"{key[:8]} window {event.window}/{event.windows}"
                 bar = bars.get(key)
                 if bar is None or bar.desc != label:
                     if bar is not None:
                         bar.close()
-                    bar = bars[key] = tqdm(total=event["total"], desc=label, unit="step", file=sys.stderr)
-                bar.n = event["step"]
+                    bar = bars[key] = tqdm(total=event.total, desc=label, unit="step", file=sys.stderr)
+                bar.n = event.step or 0
                 bar.refresh()
-            elif event["type"] in ("finished", "failed", "cancelled", "queued", "started"):
-                if key in bars and event["type"] != "started":
-                    bars.pop(key).close()
-                detail = event.get("reason") or (event.get("result") or {}).get("path") or ""
-                print(f"{key}  {event['type']}  {detail}".rstrip(), file=sys.stderr)
-                if args.id and event["type"] in ("finished", "failed", "cancelled"):
-                    return 0 if event["type"] == "finished" else EXIT_JOB_FAILED
+                continue
+            if key in bars and event.type != EventType.STARTED:
+                bars.pop(key).close()
+            detail = event.reason or (event.result.path if event.result else "")
+            print(f"{key}  {event.type.value}  {detail}".rstrip(), file=sys.stderr)
+            if args.id and event.type.terminal:
+                return 0 if event.type == EventType.FINISHED else EXIT_JOB_FAILED
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -227,5 +240,6 @@ def run_drain(args) -> int:
         else:
             ran = Worker(queue, device=args.device, previews=False).drain()
         counts = queue.counts()
-    print(f"ran {ran} jobs; {counts['DONE']} done, {counts['FAILED']} failed, {counts['CANCELLED']} cancelled in all")
+    print(f"ran {ran} jobs; {counts['DONE']} done, {counts['FAILED']} failed, {counts['CANCELLED']} "
+          "cancelled in all")
     return 0

@@ -1,8 +1,10 @@
 """Timelines through OpenTimelineIO: open, find clips and their media, map time exactly, edit, save.
 
-Never imports torch. Time stays rational: OTIO stores a rate as a float, so every rate read from a
-timeline goes through ``rational_rate`` (23.976023976... -> 24000/1001) and every duration becomes
-a ``Fraction`` of seconds before any arithmetic.
+Never imports torch, PyAV or numpy at import time (the OTIO markers hook imports this module on
+every OTIO read): frame grabs import ``engine.media`` when they run. Time stays rational: OTIO stores
+a rate as a float, so every rate read from a timeline goes through ``rate_from_float``
+(23.976023976... -> 24000/1001) and every duration becomes a ``Fraction`` of seconds before any
+arithmetic.
 
 Traps avoided:
 - A relative ``target_url`` is relative to the timeline file, not the working directory; and it
@@ -24,39 +26,27 @@ import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeAlias
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import opentimelineio as otio
 
-from magic141.errors import Magic141Error
+from magic141 import atomic
+from magic141.errors import Magic141Error, TimelineError
+from magic141.rational import rate_from_float
 
-RationalTime = otio.opentime.RationalTime
-TimeRange = otio.opentime.TimeRange
+RationalTime: TypeAlias = otio.opentime.RationalTime
+TimeRange: TypeAlias = otio.opentime.TimeRange
 
 NAMESPACE = "magic141"  # clip.metadata[NAMESPACE] holds how a generated clip was made
 MARKER_NAME = "magic141 generated"
 MODES = ("insert", "overwrite", "newtrack")
-# Rates whose float form must map back to an exact NTSC fraction.
-_NTSC = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
-
-
-class TimelineError(Magic141Error):
-    """The timeline cannot be read, has no such clip or frame, or cannot be edited or saved."""
-
-
-def rational_rate(rate: float) -> Fraction:
-    """OTIO's float rate as the exact rate it stands for: 23.976023976023978 -> 24000/1001."""
-    if not rate or rate <= 0:
-        raise TimelineError(f"frame rate must be positive, got {rate!r}")
-    for exact in _NTSC:
-        if abs(float(exact) - rate) < 1e-6:
-            return exact
-    return Fraction(rate).limit_denominator(1001)
+BUNDLES = ("otioz", "otiod")  # adapters that carry the media: written with absolute file URLs
 
 
 def _seconds(time: RationalTime) -> Fraction:
-    return Fraction(time.value) / rational_rate(time.rate)
+    return Fraction(time.value) / rate_from_float(time.rate)
 
 
 def _frames(seconds: Fraction, rate: Fraction) -> int:
@@ -93,7 +83,8 @@ def _adapter_for(path: Path) -> str:
         return otio.adapters.from_filepath(str(path)).name
     except Exception as exc:  # OTIO raises its own NoKnownAdapterForExtensionError
         known = sorted({s for a in otio.plugins.ActiveManifest().adapters for s in a.suffixes})
-        raise TimelineError(f"cannot open .{suffix} timelines: OTIO knows {', '.join('.' + s for s in known)} "
+        raise TimelineError(f"cannot open .{suffix} timelines: OTIO knows "
+                            f"{', '.join('.' + s for s in known)} "
                             "(install OpenTimelineIO-Plugins for EDL, FCP XML, AAF, ...)") from exc
 
 
@@ -123,9 +114,9 @@ def open_timeline(path: str | os.PathLike) -> TimelineDoc:
 
 def _timeline_rate(timeline: otio.schema.Timeline) -> Fraction:
     if timeline.global_start_time is not None:
-        return rational_rate(timeline.global_start_time.rate)
+        return rate_from_float(timeline.global_start_time.rate)
     for clip in timeline.find_clips():
-        return rational_rate(clip.trimmed_range().duration.rate)
+        return rate_from_float(clip.trimmed_range().duration.rate)
     return Fraction(24)
 
 
@@ -149,7 +140,7 @@ def _media_path(doc: TimelineDoc, clip: otio.schema.Clip) -> tuple[Path | None, 
 
 
 def video_clips(doc: TimelineDoc) -> list[ClipRef]:
-    refs = []
+    refs: list[ClipRef] = []
     for track in doc.timeline.video_tracks():
         for clip in track.find_clips(shallow_search=True):
             path, reason = _media_path(doc, clip)
@@ -181,7 +172,7 @@ def find_clip(doc: TimelineDoc, name_or_index: str | int) -> ClipRef:
 def clip_frames(ref: ClipRef, rate: Fraction | None = None) -> int:
     """The clip's duration in frames of ``rate`` (default: its own source rate)."""
     duration = ref.clip.trimmed_range().duration
-    return _frames(_seconds(duration), rate or rational_rate(duration.rate))
+    return _frames(_seconds(duration), rate or rate_from_float(duration.rate))
 
 
 def last_frame(ref: ClipRef) -> int:
@@ -195,7 +186,7 @@ def media_seconds(ref: ClipRef, frame: int) -> Fraction:
     if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < frames:
         raise TimelineError(f"frame {frame} is outside clip {ref.name!r}, which has frames 0 to {frames - 1}")
     source = ref.clip.trimmed_range().start_time
-    rate = rational_rate(source.rate)
+    rate = rate_from_float(source.rate)
     available = ref.clip.media_reference.available_range
     media_start = _seconds(available.start_time) if available is not None else Fraction(0)
     seconds = _seconds(source) + Fraction(frame) / rate - media_start
@@ -223,7 +214,8 @@ def _range_at(rate: Fraction, start: int, frames: int) -> TimeRange:
     return TimeRange(RationalTime(start, float(rate)), RationalTime(frames, float(rate)))
 
 
-def generated_clip(name: str, media_path: Path, frames: int, rate: Fraction, metadata: dict) -> otio.schema.Clip:
+def generated_clip(name: str, media_path: Path, frames: int, rate: Fraction,
+                   metadata: dict) -> otio.schema.Clip:
     """A clip whose range is exactly its media: ``frames`` frames at ``rate`` from 0."""
     whole = _range_at(rate, 0, frames)
     clip = otio.schema.Clip(
@@ -231,7 +223,7 @@ def generated_clip(name: str, media_path: Path, frames: int, rate: Fraction, met
         media_reference=otio.schema.ExternalReference(target_url=Path(media_path).resolve().as_uri(),
                                                       available_range=whole),
         source_range=whole,
-        metadata={NAMESPACE: {"version": 1, **copy.deepcopy(metadata)}},
+        metadata={NAMESPACE: copy.deepcopy(metadata)},
     )
     clip.markers.append(otio.schema.Marker(name=MARKER_NAME, marked_range=_range_at(rate, 0, frames),
                                            color=otio.schema.MarkerColor.PURPLE,
@@ -244,7 +236,7 @@ def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames:
     """Place the generated media after ``ref``: inserted on its track (later items ripple by its
     duration), overwriting what follows on its track, or on a new track above. Returns the new clip."""
     if mode not in MODES:
-        raise TimelineError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise TimelineError(f"must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
     if frames < 1:
         raise TimelineError(f"the generated media has {frames} frames")
     track = ref.track
@@ -257,14 +249,15 @@ def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames:
     if mode == "insert":
         following = track[index + 1] if index + 1 < len(track) else None
         if isinstance(following, otio.schema.Transition):
-            raise TimelineError(f"clip {ref.name!r} is followed by a transition: use overwrite or newtrack mode")
+            raise TimelineError(f"clip {ref.name!r} is followed by a transition: use overwrite or newtrack "
+                                "mode", field="mode")
         track.insert(index + 1, clip)
     elif mode == "overwrite":
         _overwrite(track, end, clip, frames, rate)
     else:
         stack = doc.timeline.tracks
-        new_track = otio.schema.Track(name=f"{NAMESPACE} {sum(1 for t in stack if t.name.startswith(NAMESPACE)) + 1}",
-                                      kind=otio.schema.TrackKind.Video)
+        number = sum(1 for t in stack if t.name.startswith(NAMESPACE)) + 1
+        new_track = otio.schema.Track(name=f"{NAMESPACE} {number}", kind=otio.schema.TrackKind.Video)
         if end:
             new_track.append(otio.schema.Gap(source_range=_range_at(rate, 0, end)))
         new_track.append(clip)
@@ -272,7 +265,8 @@ def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames:
     return clip
 
 
-def _overwrite(track: otio.schema.Track, start: int, clip: otio.schema.Clip, frames: int, rate: Fraction) -> None:
+def _overwrite(track: otio.schema.Track, start: int, clip: otio.schema.Clip, frames: int,
+               rate: Fraction) -> None:
     """Replace frames [start, start + frames) of ``track`` by ``clip``: items there are trimmed,
     split or removed; a track that ends earlier is extended with a gap."""
     stop = start + frames
@@ -282,7 +276,8 @@ def _overwrite(track: otio.schema.Track, start: int, clip: otio.schema.Clip, fra
     for item in list(track):
         if isinstance(item, otio.schema.Transition):
             if start <= position <= stop:
-                raise TimelineError("a transition touches the range to overwrite: use insert or newtrack mode")
+                raise TimelineError("a transition touches the range to overwrite: use insert or newtrack "
+                                    "mode", field="mode")
             kept.append(item)
             continue
         first = position
@@ -309,9 +304,12 @@ def _trimmed(item, offset: int, length: int, rate: Fraction):
     piece = item.clone()
     source = item.trimmed_range()
     item_rate = source.start_time.rate
-    start = source.start_time + RationalTime(float(Fraction(offset) / rate * rational_rate(item_rate)), item_rate)
-    piece.source_range = TimeRange(start, RationalTime(float(Fraction(length) / rate * rational_rate(item_rate)),
-                                                       item_rate))
+    scale = rate_from_float(item_rate) / rate  # item frames per timeline frame
+
+    def frames(count: int) -> RationalTime:
+        return RationalTime(float(count * scale), item_rate)
+
+    piece.source_range = TimeRange(source.start_time + frames(offset), frames(length))
     return piece
 
 
@@ -351,56 +349,85 @@ def save_timeline(doc: TimelineDoc, out: str | os.PathLike | None = None) -> Pat
     target = Path(out).expanduser().resolve() if out is not None else doc.path
     try:
         adapter = _writer_for(target)
-    except Exception:  # no adapter for the suffix, or a read-only adapter
+    except (otio.exceptions.OTIOError, TimelineError):  # no adapter for the suffix, or a read-only one
         target = target.with_suffix(".otio")
         adapter = "otio_json"
-    bundled = adapter in ("otioz", "otiod")
-    timeline = _rebased(doc, target.parent, absolute=bundled)
-    staging = _staging_dir(target)
+    timeline = _rebased(doc, target.parent, absolute=adapter in BUNDLES)
+    if adapter == "otiod":
+        _save_folder(timeline, target)
+        return target
+    _make_folder(target)
     try:
-        written = staging / target.name
-        try:
-            if bundled:
-                otio.adapters.write_to_file(timeline, str(written), adapter_name=adapter,
-                                            media_policy="ErrorIfNotFile")
-            else:
-                otio.adapters.write_to_file(timeline, str(written), adapter_name=adapter)
-        except Exception as exc:
-            raise TimelineError(f"cannot write {target.name}: {exc}") from exc
-        _replace(written, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic.replacing(target) as temp:
+            if adapter == "otioz":
+                temp.unlink()  # OTIO's otioz writer refuses to write over any file, even an empty one
+            _write(timeline, temp, adapter, target.name)
+            if target.exists():
+                _keep_backup(target)
+    except OSError as exc:
+        raise _unwritable(target, exc) from exc
     return target
 
 
-def _staging_dir(target: Path) -> Path:
+def _write(timeline: otio.schema.Timeline, path: Path, adapter: str, name: str) -> None:
+    options = {"media_policy": "ErrorIfNotFile"} if adapter in BUNDLES else {}
+    try:
+        otio.adapters.write_to_file(timeline, str(path), adapter_name=adapter, **options)
+    except Exception as exc:  # adapters raise anything from OTIOError to XML and zip errors
+        raise TimelineError(f"cannot write {name}: {exc}") from exc
+
+
+def _save_folder(timeline: otio.schema.Timeline, target: Path) -> None:
+    """An ``.otiod`` bundle (a folder): written whole beside it, then moved in; the old one becomes
+    ``NAME.bak`` (folders cannot be replaced in one step)."""
+    staging = _staging_dir(target)
+    try:
+        written = staging / target.name
+        _write(timeline, written, "otiod", target.name)
+        backup = _backup_of(target)
+        try:
+            if target.exists():
+                if backup.is_dir():
+                    shutil.rmtree(backup)
+                os.replace(target, backup)
+            os.replace(written, target)
+        except OSError as exc:
+            raise _unwritable(target, exc) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _backup_of(target: Path) -> Path:
+    return target.with_name(target.name + ".bak")
+
+
+def _keep_backup(target: Path) -> None:
+    backup = _backup_of(target)
+    if backup.is_dir():
+        shutil.rmtree(backup)
+    shutil.copy2(target, backup)
+
+
+def _unwritable(target: Path, exc: OSError) -> TimelineError:
+    return TimelineError(f"cannot save {target}: {exc.strerror or exc} (read-only storage? save it "
+                         "elsewhere)", field="out")
+
+
+def _make_folder(target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)  # `--out renders/cut.otio` makes renders/
+    except OSError as exc:
+        raise _unwritable(target, exc) from exc
+
+
+def _staging_dir(target: Path) -> Path:
+    _make_folder(target)
+    try:
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     except OSError as exc:
-        raise TimelineError(f"cannot save {target}: {exc.strerror or exc} (read-only storage? save elsewhere "
-                            "with --out)") from exc
+        raise _unwritable(target, exc) from exc
 
 
 def check_writable(target: str | os.PathLike) -> None:
     """Fail now, before minutes of generation, if ``target`` (a timeline to save) cannot be written."""
     shutil.rmtree(_staging_dir(Path(target).expanduser().resolve()))
-
-
-def _replace(new: Path, target: Path) -> None:
-    """Move ``new`` over ``target``, keeping the old one as ``target.bak`` (a folder for .otiod)."""
-    backup = target.with_name(target.name + ".bak")
-    try:
-        if target.exists():
-            if backup.is_dir():
-                shutil.rmtree(backup)
-            if target.is_dir():
-                os.replace(target, backup)  # folders cannot be replaced in one step
-            else:
-                shutil.copy2(target, backup)
-        if new.is_file():
-            with open(new, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(new, target)
-    except OSError as exc:
-        raise TimelineError(f"cannot save {target}: {exc.strerror or exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -30,16 +31,25 @@ def sample_image():
         return image.convert("RGB")
 
 
-def stop_service(root: Path) -> None:
-    """Kill the engine service a test started under ``root`` (tests leave no server behind)."""
+def stop_service(root: Path, timeout: float = 10.0) -> None:
+    """Kill the engine service a test started under ``root`` (tests leave no server behind) and wait
+    until it is gone, so that a client started next never finds it still alive."""
     from magic141 import home as home_dir
 
     info = home_dir.read_service(root) if root.exists() else None
-    if info:
+    if not info:
+        return
+    try:
+        os.kill(info["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # gone once reaped (by the client's reaper thread, or init)
         try:
-            os.kill(info["pid"], signal.SIGKILL)
+            os.kill(info["pid"], 0)
         except ProcessLookupError:
-            pass
+            return
+        time.sleep(0.02)
 
 
 @pytest.fixture

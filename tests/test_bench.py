@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_real_size_benchmark_runs_in_tiny_mode(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "real_size.py"), "--tiny", "--repeats", "1", "--variants", "bf16,fp8",
-         "--settings", "64x96x17", "--window-seconds", "2", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "bench" / "real_size.py"), "--tiny", "--repeats", "1",
+         "--variants", "bf16,fp8", "--settings", "64x96x17", "--window-seconds", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -22,12 +22,14 @@ from conftest import stop_service
 
 from magic141.cli import main as magic141
 from magic141.engine import media
+from magic141.errors import TimelineError
 from magic141.plugin import markers
 from magic141.plugin import timeline as tl
 from magic141.plugin.client import EngineClient
 from magic141.plugin.hosts.blender import exchange
 from magic141.plugin.hosts.blender import strips as vse
-from magic141.plugin.hosts.blender.strips import Cut, Placement, Strip, VSEError, place, scene_rate
+from magic141.plugin.hosts.blender.strips import Cut, Placement, Strip, place, scene_rate
+from magic141.rational import frame_count
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATE = ROOT / "resources" / "samples" / "plate.mp4"  # 72 frames at 24 fps, 96x64
@@ -54,7 +56,7 @@ def test_scene_rates_are_exact_however_blender_writes_them():
         fps, base = vse.blender_fps(rate)
         assert scene_rate(fps, float32(base)) == rate
     assert vse.blender_fps(NTSC) == (24, 1.001)
-    with pytest.raises(VSEError, match="frame rate must be positive"):
+    with pytest.raises(TimelineError, match="frame rate must be positive"):
         scene_rate(0, 1.0)
 
 
@@ -69,10 +71,11 @@ def test_insert_shifts_the_channel_after_the_source_and_above_finds_a_free_chann
     assert place(strips, source, 6, "insert") == Placement(2, 11, ("B", "C"))  # rightmost first
     assert place(strips, source, 6, "above").channel == 5  # 3 is taken at frame 11, 4 at frame 15
     assert place(strips, source, 4, "above").channel == 4  # frames 11 to 14 are free on 4
-    with pytest.raises(VSEError, match="placement must be one of insert, above"):
+    with pytest.raises(TimelineError, match="placement: must be one of insert, above") as caught:
         place(strips, source, 6, "overwrite")
+    assert caught.value.field == "placement"
     full = [source] + [strip(f"S{n}", n, 1, 100) for n in range(3, 129)]
-    with pytest.raises(VSEError, match="no channel above 2 is free from frame 11 to 16"):
+    with pytest.raises(TimelineError, match="no channel above 2 is free from frame 11 to 16"):
         place(full, source, 6, "above")
 
 
@@ -90,7 +93,7 @@ def test_strips_go_to_otio_and_back_with_the_same_ranges(tmp_path):
     assert sorted(back.markers) == sorted(cut.markers)
     (job,) = markers.marker_jobs(tl.open_timeline(saved), model="tiny")
     # The marker at frame 45 is frame 8 of "Plate B", media frame 48: 2 s at 24 fps.
-    assert (job.ref.name, job.frame, job.spec["source"]["time"]) == ("Plate B", 8, "2")
+    assert (job.ref.name, job.frame, job.spec.source.time) == ("Plate B", 8, 2)
 
 
 def test_a_strip_whose_media_runs_at_another_rate_keeps_its_place_and_first_frame(tmp_path):
@@ -164,7 +167,7 @@ def spec_of(session, new: dict) -> dict:
 
 def check_media(new: dict) -> None:
     info = media.probe_video(new["path"])
-    assert info.frames == new["duration"] == media.frame_count(Fraction(1, 2), NTSC) == 12
+    assert info.frames == new["duration"] == frame_count(Fraction(1, 2), NTSC) == 12
     assert info.fps == NTSC
 
 
@@ -227,8 +230,8 @@ def test_a_scene_goes_to_otio_and_back_with_the_same_ranges(session):
     # The marker queue reads the exported cut: the marker sits on "Plate" at frame 12, media frame 12.
     doc = tl.open_timeline(session["folder"] / "cut.otio")
     (job,) = markers.marker_jobs(doc, model="tiny")
-    assert (job.ref.name, job.frame, job.spec["source"]["time"], job.seconds) == (
-        "Plate", 9, "1001/2000", Fraction(1, 2))
+    assert (job.ref.name, job.frame, job.spec.source.time, job.seconds) == (
+        "Plate", 9, Fraction(1001, 2000), Fraction(1, 2))
     generated = {s["metadata"]["job_id"] for s in movies.values() if s["metadata"]}
     assert len(generated) == 2 and markers.generated_job_ids(doc) == generated
 

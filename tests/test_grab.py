@@ -42,7 +42,8 @@ def pictures() -> np.ndarray:
 def encode(path, encoder, pix_fmt, rate, matrix, full, first_pts) -> None:
     name, tag = matrix
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(encoder, rate=rate, options={"g": "6"} if encoder != "prores_ks" else {})
+        options = {"g": "6"} if encoder != "prores_ks" else {}
+        stream = container.add_stream(encoder, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
         if encoder == "libx265":
             stream.codec_context.options = {"x265-params": "log-level=none:keyint=6"}

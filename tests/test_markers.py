@@ -7,33 +7,41 @@ the tiny model, SQLite, PyAV, OTIO's plugin system through the installed entry p
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from fractions import Fraction
 from pathlib import Path
 
 import opentimelineio as otio
 import pytest
 
+from magic141.cli import main
 from magic141.engine import media
+from magic141.errors import InvalidInput, TimelineError
 from magic141.plugin import markers
 from magic141.plugin import timeline as tl
 from magic141.plugin.client import EngineClient
 from magic141.plugin.hosts.resolve import bridge
+from magic141.protocol import JobResult, job_id_of
 
 PLATE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "plate.mp4"
 RT, TR = otio.opentime.RationalTime, otio.opentime.TimeRange
 
 
 def _clip(name: str, start: int, frames: int) -> otio.schema.Clip:
-    reference = otio.schema.ExternalReference(target_url="plate.mp4", available_range=TR(RT(0, 24), RT(72, 24)))
-    return otio.schema.Clip(name=name, media_reference=reference, source_range=TR(RT(start, 24), RT(frames, 24)))
+    reference = otio.schema.ExternalReference(target_url="plate.mp4",
+                                              available_range=TR(RT(0, 24), RT(72, 24)))
+    return otio.schema.Clip(name=name, media_reference=reference,
+                            source_range=TR(RT(start, 24), RT(frames, 24)))
 
 
 def _mark(clip: otio.schema.Clip, frame: int, name: str, comment: str = "") -> None:
-    clip.markers.append(otio.schema.Marker(name=name, marked_range=TR(RT(frame, 24), RT(0, 24)), comment=comment))
+    marked = TR(RT(frame, 24), RT(0, 24))
+    clip.markers.append(otio.schema.Marker(name=name, marked_range=marked, comment=comment))
 
 
 def marked_timeline(folder: Path) -> Path:
@@ -56,8 +64,9 @@ def marked_timeline(folder: Path) -> Path:
 
 def layout(path: Path) -> dict[str, list[tuple[str, int, int]]]:
     doc = tl.open_timeline(path)
-    return {track.name: [(item.name, item.range_in_parent().start_time.to_frames(), item.duration().to_frames())
-                         for item in track] for track in doc.timeline.video_tracks()}
+    return {track.name: [(item.name, item.range_in_parent().start_time.to_frames(),
+                          item.duration().to_frames()) for item in track]
+            for track in doc.timeline.video_tracks()}
 
 
 # Parsing ----------------------------------------------------------------------------------------
@@ -83,7 +92,7 @@ def test_marker_names_read_as_requests(name, comment, expected):
     ("magic141:  seconds=2", "it has no prompt"),
 ])
 def test_bad_markers_say_what_is_wrong(name, message):
-    with pytest.raises(markers.MarkerError, match=message) as caught:
+    with pytest.raises(TimelineError, match=message) as caught:
         markers.parse_marker(otio.schema.Marker(name=name))
     assert name in str(caught.value) and "\n" not in str(caught.value)
 
@@ -101,8 +110,11 @@ def test_jobs_are_conditioned_on_the_frame_under_each_marker(tmp_path):
         ("Plate B", 4, "the camera pushes in", Fraction(1, 2), 3),  # source frame 40, clip starts at 36
         ("Plate C", 15, "fade to night", Fraction(1, 2), 0),
     ]
-    assert [j.spec["source"]["time"] for j in jobs] == ["5/4", "5/3", "25/24"]  # seconds into plate.mp4
+    # seconds into plate.mp4
+    assert [j.spec.source.time for j in jobs] == [Fraction(5, 4), Fraction(5, 3), Fraction(25, 24)]
     assert len({j.job_id for j in jobs}) == 3
+    # hosts that drop clip metadata keep file names: the job id comes back from the media's name
+    assert [job_id_of(j.spec.output_path(j.job_id)) for j in jobs] == [j.job_id for j in jobs]
     again = markers.marker_jobs(tl.open_timeline(doc.path))
     assert [j.job_id for j in again] == [j.job_id for j in jobs]  # stable, so re-runs reuse them
 
@@ -112,18 +124,36 @@ def test_a_marker_off_its_clip_or_on_offline_media_stops_everything(tmp_path):
     doc = tl.open_timeline(path)
     clip = doc.timeline.video_tracks()[0][0]
     _mark(clip, 50, "magic141: too late")  # Plate A shows source frames 0-35
-    with pytest.raises(markers.MarkerError, match=r"'magic141: too late' on clip 'Plate A' lies outside the clip"):
+    with pytest.raises(TimelineError, match=r"'magic141: too late' on clip 'Plate A' lies outside the clip"):
         markers.marker_jobs(doc)
     (tmp_path / "plate.mp4").unlink()
-    with pytest.raises(markers.MarkerError, match=r"offline.*\(and \d more\)"):
+    with pytest.raises(TimelineError, match=r"offline.*\(and \d more\)"):
         markers.marker_jobs(tl.open_timeline(path))
 
 
 def test_out_without_apply_is_refused_before_any_work(tmp_path):
     called = []
-    with pytest.raises(markers.MarkerError, match="--out needs --apply"):
-        markers.queue_from_timeline(marked_timeline(tmp_path), lambda: called.append(1), out=tmp_path / "x.otio")
+    path, out = marked_timeline(tmp_path), tmp_path / "x.otio"
+    with pytest.raises(InvalidInput) as caught:
+        markers.queue_from_timeline(path, lambda: called.append(1), out=out)
     assert not called
+    assert caught.value.field == "out" and "--" not in caught.value.message  # the front end names the field
+    assert caught.value.phrase(default="--{}").startswith("--out: is written only when the results are")
+    assert main(["queue", "from-timeline", str(path), "--out", str(out)]) == 2
+    assert not out.exists() and not called
+
+
+def test_apply_with_out_writes_out_even_when_every_result_is_already_there(tmp_path, capsys):
+    """A script runs ``from-timeline --apply --out again.otio`` and reads again.otio next: it must exist."""
+    _, edited = edited_copy(marked_timeline(tmp_path), tmp_path, "insert")
+    again = tmp_path / "again.otio"
+    before = edited.path.read_bytes()
+    assert main(["queue", "--home", str(tmp_path / "no-engine"), "from-timeline", str(edited.path), "--apply",
+                 "--out", str(again)]) == 0
+    said = capsys.readouterr().out
+    assert f"0 clips added, 3 already in the timeline, 0 failed; timeline saved to {again}" in said
+    assert layout(again) == layout(edited.path) and edited.path.read_bytes() == before
+    assert not (tmp_path / "no-engine" / "service.json").exists()  # nothing to render: no engine was started
 
 
 # The OTIO plugin ----------------------------------------------------------------------------------
@@ -146,6 +176,24 @@ def test_otio_plugin_system_finds_the_hook_and_the_mlt_adapter(tmp_path):
                                                                 "seed": None}
     assert "seconds=abc is not a number" in notes["magic141: x seconds=abc"]["error"]
     assert notes["review: too dark"] == {}
+
+
+def test_the_markers_hook_costs_no_pyav_or_numpy(tmp_path):
+    """The hook runs on every OTIO read in any tool; importing PyAV and numpy once cost 0.28 s a read."""
+    path = marked_timeline(tmp_path)
+    script = textwrap.dedent(f"""
+        import json, sys
+        import opentimelineio as otio
+        timeline = otio.adapters.read_from_file({str(path)!r})  # OTIO loads our hook from the entry point
+        notes = [dict(m.metadata.get("magic141", {{}})) for c in timeline.find_clips() for m in c.markers]
+        print(json.dumps({{"notes": notes, "hook": "magic141.plugin.markers" in sys.modules,
+                           "heavy": sorted({{"av", "numpy", "torch", "PySide6"}} & set(sys.modules))}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=True)
+    seen = json.loads(done.stdout)
+    assert seen["hook"] and {"prompt": "fade to night", "seconds": "1/2", "seed": None} in seen["notes"]
+    assert seen["heavy"] == []
 
 
 # The render queue, for real ------------------------------------------------------------------------
@@ -198,7 +246,8 @@ def test_three_markers_on_two_tracks_become_three_jobs_and_three_clips_once(tmp_
     # in Resolve's (unrippled) timeline, from 01:00:00:00, on new tracks wherever clips overlap.
     plan = bridge.plan(tl.open_timeline(path), doc, "append")
     assert [(c["name"], c["record_frame"], c["lane"], c["frames"]) for c in plan["clips"]] == [
-        ("Plate A ext", 86400 + 36, 2, 12), ("Plate B ext", 86400 + 72, 1, 12), ("Plate C ext", 86400 + 32, 1, 12)]
+        ("Plate A ext", 86400 + 36, 2, 12), ("Plate B ext", 86400 + 72, 1, 12),
+        ("Plate C ext", 86400 + 32, 1, 12)]
     assert plan["lanes"] == 2
 
     # The whole Resolve menu script, with a stand-in for Resolve: it exports the timeline, the bridge
@@ -222,8 +271,9 @@ def test_three_markers_on_two_tracks_become_three_jobs_and_three_clips_once(tmp_
         return kind == "OTIO" and subtype == 0
 
     timeline.Export = export
-    app = type("Resolve", (), {"EXPORT_OTIO": "OTIO", "EXPORT_NONE": 0, "GetProjectManager": lambda self: type(
-        "Manager", (), {"GetCurrentProject": lambda _: project})()})()
+    manager = type("Manager", (), {"GetCurrentProject": lambda _: project})()
+    app = type("Resolve", (), {"EXPORT_OTIO": "OTIO", "EXPORT_NONE": 0,
+                               "GetProjectManager": lambda _: manager})()
     project.GetCurrentTimeline = lambda: timeline
     for name, value in (("resolve", app), ("MAGIC141_PYTHON", sys.executable), ("ACTION", "markers")):
         monkeypatch.setattr(script, name, value, raising=False)
@@ -289,7 +339,8 @@ def edited_copy(path: Path, tmp_path: Path, mode: str) -> tuple[tl.TimelineDoc, 
     jobs = markers.marker_jobs(doc)
     results = {}
     for job in jobs:
-        results[job.job_id] = {"path": str(shutil.copy(PLATE, tmp_path / f"{job.job_id}.mp4")), "frames": 12}
+        media_file = shutil.copy(PLATE, tmp_path / f"{job.job_id}.mp4")
+        results[job.job_id] = JobResult(str(media_file), 12, Fraction(24), 96, 64, "h264")
     markers.apply_results(doc, jobs, results, mode=mode)
     return tl.open_timeline(path), tl.open_timeline(tl.save_timeline(doc, tmp_path / f"{mode}.otio"))
 
@@ -309,7 +360,8 @@ def test_resolve_plan_places_clips_where_their_source_clip_ends_whatever_the_edi
 
 
 def test_the_resolve_script_follows_the_plan_with_resolves_api(tmp_path):
-    script = importlib.import_module("magic141.plugin.hosts.resolve.menu_script")  # imported: main() does not run
+    # imported, main() does not run
+    script = importlib.import_module("magic141.plugin.hosts.resolve.menu_script")
     exported, edited = edited_copy(marked_timeline(tmp_path), tmp_path, "insert")
     project, timeline = FakeProject(), FakeTimeline(tracks=2)
     said = script.apply_plan(project, timeline, bridge.plan(exported, edited, "append"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from magic141.engine import media
 from magic141.errors import InvalidInput
+from magic141.rational import frame_count, parse_rate
 
 H, W = 48, 64
 PATCHES = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "grey": (128, 128, 128)}
@@ -34,24 +36,27 @@ def pattern(n: int = 8) -> np.ndarray:
      ("23.976", Fraction(24000, 1001)), ("29.97", Fraction(30000, 1001)), ("59.94", Fraction(60000, 1001)),
      ("12.5", Fraction(25, 2))],
 )
-def test_parse_fps_is_exact(text, expected):
-    assert media.parse_fps(text) == expected
+def test_typed_rates_are_exact(text, expected):
+    assert parse_rate(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "fast", "0", "-24", "24/0", "5000"])
-def test_parse_fps_rejects_bad_rates(text):
-    with pytest.raises(InvalidInput, match="--fps"):
-        media.parse_fps(text)
+def test_bad_rates_are_refused_naming_the_field(text):
+    with pytest.raises(InvalidInput) as refused:
+        parse_rate(text)
+    assert refused.value.field == "fps" and "--" not in refused.value.message
 
 
 def test_frame_count_and_conforming():
-    assert media.frame_count(2, Fraction(24000, 1001)) == 48
-    assert media.frame_count(1.1, Fraction(30)) == 33
-    with pytest.raises(InvalidInput, match="--seconds"):
-        media.frame_count(0, Fraction(24))
+    assert frame_count(Fraction(2), Fraction(24000, 1001)) == 48
+    assert frame_count(Fraction("1.1"), Fraction(30)) == 33
+    with pytest.raises(InvalidInput) as refused:
+        frame_count(Fraction(0), Fraction(24))
+    assert refused.value.field == "seconds"
     assert media.conform_indices(5, Fraction(24), Fraction(24)) == [0, 1, 2, 3, 4]
     to_25 = media.conform_indices(50, Fraction(25), Fraction(24))
-    assert to_25[0] == 0 and to_25[-1] == 47 and all(b - a in (0, 1) for a, b in zip(to_25, to_25[1:]))
+    assert to_25[0] == 0 and to_25[-1] == 47
+    assert all(b - a in (0, 1) for a, b in zip(to_25, to_25[1:], strict=False))
     ntsc = media.conform_indices(60, Fraction(30000, 1001), Fraction(24))
     assert ntsc[-1] == round(59 * Fraction(24) / Fraction(30000, 1001)) == 47
     assert media.native_frames_needed(60, Fraction(30000, 1001), Fraction(24)) == 48
@@ -107,8 +112,8 @@ def test_failed_write_leaves_nothing_and_keeps_an_existing_file(tmp_path):
 
 @pytest.mark.parametrize(
     "name,codec,size,word",
-    [("a.mov", "h264", (W, H), ".mp4"), ("a.mp4", "prores", (W, H), ".mov"), ("a.mp4", "h264", (63, 48), "even"),
-     ("file.txt/a.mp4", "h264", (W, H), "not a writable folder")],
+    [("a.mov", "h264", (W, H), ".mp4"), ("a.mp4", "prores", (W, H), ".mov"),
+     ("a.mp4", "h264", (63, 48), "even"), ("file.txt/a.mp4", "h264", (W, H), "not a writable folder")],
 )
 def test_bad_output_is_refused_before_writing(tmp_path, name, codec, size, word):
     (tmp_path / "file.txt").write_text("a file, not a folder")
@@ -117,11 +122,22 @@ def test_bad_output_is_refused_before_writing(tmp_path, name, codec, size, word)
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
 
 
-def test_missing_output_folders_are_made(tmp_path):
+def test_a_missing_output_folder_is_refused_by_name_and_not_made(tmp_path):
     path = tmp_path / "renders" / "shot 010" / "take.mp4"
+    with pytest.raises(InvalidInput) as refused:
+        media.VideoWriter(path, fps=Fraction(24), codec="h264", width=W, height=H)
+    assert refused.value.field == "out" and str(tmp_path / "renders" / "shot 010") in refused.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    path = tmp_path / "take.mp4"
     with media.VideoWriter(path, fps=Fraction(24), codec="h264", width=W, height=H) as writer:
         writer.write(pattern(2))
-    assert media.probe_video(path).frames == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not a temporary file's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["take.mp4"]
 
 
 def test_load_image_handles_alpha_16_bit_palette_and_exif(tmp_path):

@@ -19,6 +19,7 @@ import PIL.Image
 import pytest
 
 from magic141.engine import media
+from magic141.errors import TimelineError
 from magic141.plugin import mlt
 from magic141.plugin import timeline as tl
 
@@ -76,24 +77,25 @@ def ntsc_timeline(folder: Path, plate: Path) -> Path:
 
 @pytest.mark.slow
 def test_melt_shows_the_generated_clip_exactly_where_the_timeline_puts_it(tmp_path, melt):
-    from magic141.engine.queue import JobState
     from magic141.engine.worker import JobRunner
     from magic141.plugin.extend import extend_clip
+    from magic141.protocol import JobResult, JobSpec, JobState
 
     plate = ntsc_plate(tmp_path)
     runner = JobRunner("cpu", previews=False)
 
-    def run_job(job_id: str, spec: dict) -> dict:
+    def run_job(job_id: str, spec: JobSpec) -> JobResult:
         outcome = runner.execute(job_id, spec)
-        assert outcome.state == JobState.DONE, outcome.reason
+        assert outcome.state == JobState.DONE and outcome.result is not None, outcome.reason
         return outcome.result
 
-    result = extend_clip(ntsc_timeline(tmp_path, plate), "Plate A", prompt="a red ball rolls", seconds=Fraction(1, 2),
-                         run_job=run_job, out=tmp_path / "cut.mlt", model="tiny")
+    result = extend_clip(ntsc_timeline(tmp_path, plate), "Plate A", prompt="a red ball rolls",
+                         seconds=Fraction(1, 2), run_job=run_job, out=tmp_path / "cut.mlt", model="tiny")
     assert result.timeline == tmp_path / "cut.mlt" and result.start.to_frames() == 36
     document = ET.parse(result.timeline).getroot()
     profile = document.find("profile")
-    assert (profile.get("frame_rate_num"), profile.get("frame_rate_den")) == ("24000", "1001")  # exact, not 23.976
+    rate = (profile.get("frame_rate_num"), profile.get("frame_rate_den"))
+    assert rate == ("24000", "1001")  # exact, not 23.976
     generated = media.read_frames(result.media)
     assert len(generated) == 12  # round(1/2 s * 24000/1001)
 
@@ -103,7 +105,8 @@ def test_melt_shows_the_generated_clip_exactly_where_the_timeline_puts_it(tmp_pa
     # The frame at the new clip's start is the generated media's first frame (codec tolerance: the
     # YUV -> RGB conversions differ by a level or two), and clearly not a frame of the plate.
     assert difference(frames[36], generated[0]) < 3
-    assert min(difference(frames[36], frame) for frame in source) > 10 * difference(frames[36], generated[0]) + 5
+    nearest = min(difference(frames[36], frame) for frame in source)
+    assert nearest > 10 * difference(frames[36], generated[0]) + 5
     assert difference(frames[47], generated[11]) < 3  # ... through its last frame
     assert difference(frames[35], source[35]) < 3  # Plate A's last frame just before it
     assert difference(frames[48], source[36]) < 3  # and Plate B right after it
@@ -149,7 +152,33 @@ def test_what_mlt_cannot_hold_is_refused_or_kept_as_time():
     text = mlt.to_mlt(timeline, width=96, height=64)
     assert '<blank length="7" />' in text and "offline or disabled: offline" in text
     track.append(otio.schema.Stack(name="compound"))
-    with pytest.raises(mlt.MltError, match="nested Stack .*flatten"):
+    with pytest.raises(TimelineError, match="nested Stack .*flatten"):
         mlt.to_mlt(timeline, width=96, height=64)
-    with pytest.raises(tl.TimelineError, match="no clips and no start time"):
+    with pytest.raises(TimelineError, match="no clips and no start time"):
         mlt.to_mlt(otio.schema.Timeline(name="empty"))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_mlt_files_get_the_usual_permissions_like_every_other_file(tmp_path, umask):
+    """``.mlt`` files were written 0600 (a temporary file's mode) while timelines were 0644."""
+    shutil.copy(PLATE, tmp_path / "plate.mp4")
+    timeline = otio.schema.Timeline(name="cut", global_start_time=RT(0, 24))
+    track = otio.schema.Track(name="V1")
+    track.append(otio.schema.Clip(name="A", source_range=TR(RT(0, 24), RT(10, 24)),
+                                  media_reference=otio.schema.ExternalReference(target_url="plate.mp4")))
+    timeline.tracks.append(track)
+    otio.adapters.write_to_file(timeline, str(tmp_path / "cut.otio"))
+    old = os.umask(umask)
+    try:
+        doc = tl.open_timeline(tmp_path / "cut.otio")
+        written = [tl.save_timeline(doc, tmp_path / "saved.mlt"),
+                   tl.save_timeline(doc, tmp_path / "saved.otio"),
+                   mlt.write_mlt(timeline, tmp_path / "direct.mlt", width=96, height=64)]
+        otio.adapters.write_to_file(timeline, str(tmp_path / "otioconvert.mlt"))
+        written.append(tmp_path / "otioconvert.mlt")
+    finally:
+        os.umask(old)
+    assert {path.name: path.stat().st_mode & 0o777 for path in written} == {
+        path.name: 0o666 & ~umask for path in written}
+    assert ">plate.mp4<" in (tmp_path / "saved.mlt").read_text()  # relative media stays relative
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -19,17 +19,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import magic141.engine.memory as memory
-from magic141.errors import InsufficientMemory, InvalidInput
 from magic141.engine.memory import GiB, MemoryEstimate, available_bytes, check_fits, estimate_peak
+from magic141.errors import InsufficientMemory, InvalidInput
 
-REAL = dict(
-    dit_params=12_810_991_680,
-    text_params=8_500_000_000,
-    vae_params=246_478_803,
-    hidden=3072,
-    heads=24,
-    num_layers_total=60,
-)
+REAL = dict(dit_params=12_810_991_680, text_params=8_500_000_000, vae_params=246_478_803,
+            hidden=3072, heads=24, num_layers_total=60)
 JOB = dict(height=544, width=960, frames=81)
 TINY = dict(
     dit_params=1_000_000, text_params=2_000_000, vae_params=500_000, hidden=32, heads=2, num_layers_total=2
@@ -165,8 +159,9 @@ def test_check_fits_names_needed_and_free_and_remedies(monkeypatch):
     assert float(found.group(1)) == round(e.host_peak / GiB, 1)  # the CPU holds every weight
     assert found.group(2) == "0.5"
     assert "MAGIC141_MEMORY_LIMIT_GB" in message
-    assert "try --quant fp8" in message
-    assert "--offload" not in message  # offloading to the CPU frees nothing on the CPU
+    assert "try quant fp8" in message
+    assert "offload" not in message  # offloading to the CPU frees nothing on the CPU
+    assert "--" not in message  # remedies name settings, never flags: the panel shows this too
 
 
 def test_check_fits_suggests_only_what_helps(gpu_23_5):
@@ -175,15 +170,15 @@ def test_check_fits_suggests_only_what_helps(gpu_23_5):
     message = str(info.value)
     assert re.fullmatch(
         r"this job needs about \d+\.\d GiB on cuda:0 but only 23\.5 GiB is free; "
-        r"try --quant fp8, --offload, --vae-tiling, a smaller size or fewer frames",
+        r"try quant fp8, offload, vae_tiling, a smaller size or fewer frames",
         message,
     ), message
 
     # already fp8 and tiled: the prompt-encode phase (all weights) is the peak, so only the text
-    # encoders' quantisation or offloading help; not --quant, --vae-tiling or a smaller job
+    # encoders' quantisation or offloading help; not quant, vae_tiling or a smaller job
     with pytest.raises(InsufficientMemory) as info:
         check_fits(est(quant="fp8", vae_tiling=True), "cuda:0")
-    assert str(info.value).endswith("try --text-quant fp8, --offload")
+    assert str(info.value).endswith("try text_quant fp8, offload")
 
     # nothing left but a smaller job
     big = est(quant="fp8", text_quant="fp8", vae_tiling=True, offload=True, height=720, width=1280, frames=97)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import HunyuanVideoImageToVideoPipeline
 
-from magic141.errors import CheckpointError, InvalidInput
 from magic141.engine.models import load_model
 from magic141.engine.pipeline import Magic141Pipeline
+from magic141.errors import CheckpointError, InvalidInput
 
 SETTINGS = dict(height=32, width=48, num_frames=9, num_inference_steps=2)
 
@@ -44,25 +44,40 @@ def test_sidecar_marks_distilled_weights(tmp_path, tiny_components):
     (tmp_path / "m" / "magic141.json").write_text(json.dumps({"distilled": True, "conditioning": "magic141"}))
     info = load_model(str(tmp_path / "m")).info
     assert info.distilled and info.conditioning == "magic141" and info.default_steps == 4
+    assert info.weights == "distilled weights"
+
+
+@pytest.mark.parametrize("transformer,words", [("teacher", "teacher weights, not distilled"),
+                                               ("dmd2", "DMD2-distilled weights")])
+def test_sidecar_says_which_dit_runs(tmp_path, tiny_components, transformer, words):
+    """A folder may sample like distilled weights (4 steps, no CFG) with its teacher in transformer/."""
+    HunyuanVideoImageToVideoPipeline(**tiny_components).save_pretrained(tmp_path / "m")
+    sidecar = {"distilled": True, "conditioning": "magic141", "default_transformer": transformer}
+    (tmp_path / "m" / "magic141.json").write_text(json.dumps(sidecar))
+    info = load_model(str(tmp_path / "m")).info
+    assert info.transformer == transformer and info.weights == words and info.default_steps == 4
 
 
 def test_original_naming_checkpoint_gives_the_same_frames(tmp_path, tiny_components, sample_image):
-    from magic141.engine.convert import save_original_checkpoint
     from safetensors.torch import load_file
+
+    from magic141.engine.convert import save_original_checkpoint
 
     path = tmp_path / "magic141_dit.safetensors"
     save_original_checkpoint(tiny_components["transformer"], path)
     assert "double_blocks.0.img_attn_qkv.weight" in load_file(path)  # really the original naming
     loaded = load_model(str(path), components="tiny")
-    assert loaded.info.kind == "single-file" and loaded.info.conditioning == "magic141" and loaded.info.distilled
+    info = loaded.info
+    assert info.kind == "single-file" and info.conditioning == "magic141" and info.distilled
     # Same weights, same frames; only float summation order may differ (split qkv views vs. fresh tensors).
-    torch.testing.assert_close(_frames(loaded.components, sample_image), _frames(tiny_components, sample_image),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(_frames(loaded.components, sample_image),
+                               _frames(tiny_components, sample_image), atol=1e-5, rtol=0)
 
 
 def test_incomplete_checkpoint_names_the_first_missing_tensor(tmp_path, tiny_components):
-    from magic141.engine.convert import save_original_checkpoint
     from safetensors.torch import load_file, save_file
+
+    from magic141.engine.convert import save_original_checkpoint
 
     path = tmp_path / "dit.safetensors"
     save_original_checkpoint(tiny_components["transformer"], path)
@@ -82,8 +97,9 @@ def test_incomplete_checkpoint_names_the_first_missing_tensor(tmp_path, tiny_com
     ],
 )
 def test_bad_model_sources_are_named(tmp_path, make, word):
-    with pytest.raises(InvalidInput, match=word):
+    with pytest.raises(InvalidInput, match=word) as refused:
         load_model(str(make(tmp_path)))
+    assert refused.value.field == "model" and "--" not in refused.value.message
 
 
 def test_single_file_needs_components(tmp_path, tiny_components):
@@ -91,5 +107,6 @@ def test_single_file_needs_components(tmp_path, tiny_components):
 
     path = tmp_path / "dit.safetensors"
     save_original_checkpoint(tiny_components["transformer"], path)
-    with pytest.raises(InvalidInput, match="--components"):
+    with pytest.raises(InvalidInput, match="VAE and text encoders") as refused:
         load_model(str(path))
+    assert refused.value.field == "components"

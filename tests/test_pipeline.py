@@ -8,9 +8,9 @@ import torch
 from diffusers import HunyuanVideoImageToVideoPipeline
 
 from magic141.engine.conditioning import diffusers_prompt_template
-from magic141.errors import InvalidInput, JobCancelled
 from magic141.engine.pipeline import Magic141Pipeline, make_scheduler
 from magic141.engine.pipeline_output import CancelToken
+from magic141.errors import InvalidInput, JobCancelled
 
 SIZE = dict(height=32, width=48)
 
@@ -34,7 +34,8 @@ def _reference(components, image, prompt, *, seed, frames, steps, cfg=1.0):
 
 @pytest.mark.parametrize("steps,cfg", [(4, 1.0), (3, 3.5)])
 def test_diffusers_conditioning_matches_diffusers_pipeline(tiny_components, sample_image, steps, cfg):
-    reference = _reference(tiny_components, sample_image, "a red ball rolls", seed=7, frames=13, steps=steps, cfg=cfg)
+    reference = _reference(tiny_components, sample_image, "a red ball rolls", seed=7, frames=13, steps=steps,
+                           cfg=cfg)
     pipe = Magic141Pipeline(**tiny_components)
     ours = pipe(
         sample_image,
@@ -80,13 +81,15 @@ def test_magic141_image_tokens_come_first_and_text_ignores_the_image(tiny_compon
     assert torch.equal(a.embeds[:, n_image:], b.embeds[:, n_image:])  # text part is the LLM alone
     d = pipe.encode_prompt(sample_image, "a red ball", "diffusers")
     c = pipe.encode_prompt(black, "a red ball", "diffusers")
-    assert not torch.equal(d.embeds[:, patches // 2 :], c.embeds[:, patches // 2 :])  # one pass: text sees image
+    # one pass: the text sees the image
+    assert not torch.equal(d.embeds[:, patches // 2 :], c.embeds[:, patches // 2 :])
 
 
 def test_condition_latents_and_mask_mark_k_frames(tiny_components):
     pipe = Magic141Pipeline(**tiny_components)
     cond_latents = torch.randn(1, 16, 2, 4, 6)
-    latents, cond, mask = pipe.prepare_latents(cond_latents, 17, 32, 48, torch.Generator().manual_seed(0), "magic141")
+    generator = torch.Generator().manual_seed(0)
+    latents, cond, mask = pipe.prepare_latents(cond_latents, 17, 32, 48, generator, "magic141")
     assert latents.shape == cond.shape == (1, 16, 5, 4, 6)
     assert mask[0, 0, :, 0, 0].tolist() == [1, 1, 0, 0, 0]
     assert torch.equal(cond[:, :, :2], cond_latents) and not cond[:, :, 2:].any()
@@ -115,7 +118,8 @@ def test_cancel_stops_within_one_step_and_skips_decode(tiny_components, sample_i
 def test_progress_reports_every_step_with_preview(tiny_components, sample_image):
     pipe = Magic141Pipeline(**tiny_components)
     reports = []
-    pipe(sample_image, "x", num_frames=9, num_inference_steps=3, progress=reports.append, preview=True, **SIZE)
+    pipe(sample_image, "x", num_frames=9, num_inference_steps=3, progress=reports.append, preview=True,
+         **SIZE)
     assert [r.step for r in reports] == [1, 2, 3] and all(r.total == 3 for r in reports)
     assert reports[-1].preview.dtype == np.uint8 and reports[-1].preview.shape[2] == 3
     assert reports[-1].eta == 0
@@ -124,10 +128,10 @@ def test_progress_reports_every_step_with_preview(tiny_components, sample_image)
 @pytest.mark.parametrize(
     "kwargs,word",
     [
-        (dict(height=30, width=48, num_frames=9), "multiples of 16"),
+        (dict(height=30, width=48, num_frames=9), "height: must be a positive multiple of 16"),
         (dict(height=32, width=48, num_frames=10), r"4k\+1"),
         (dict(height=32, width=48, num_frames=9, conditioning="other"), "magic141, diffusers"),
-        (dict(height=32, width=48, num_frames=9, guidance_scale=0.5), "guidance"),
+        (dict(height=32, width=48, num_frames=9, guidance_scale=0.5), "guidance: must be >= 1"),
     ],
 )
 def test_bad_inputs_name_the_problem(tiny_components, sample_image, kwargs, word):
@@ -141,8 +145,7 @@ def test_quantized_dit_stays_close_to_full_precision(sample_image, mode, mean_bo
     """int8 per-channel weights carry ~0.4% relative error per layer (fp8 e4m3 ~3%); through 4 steps and
     the VAE that stays well under a code value on average (measured: int8 0.0004, fp8 0.0024 mean abs
     in [0, 1]). A different seed moves frames by ~0.1, so the bounds separate "same video" from "other"."""
-    from magic141.engine.quant import is_quantized
-    from magic141.engine.quant import quantize
+    from magic141.engine.quant import is_quantized, quantize
     from magic141.engine.tiny import build_tiny_components
 
     def frames(quant, seed=0):
@@ -162,8 +165,12 @@ def test_quantized_dit_stays_close_to_full_precision(sample_image, mode, mean_bo
 def test_offload_and_released_text_encoders_give_the_same_frames(tiny_components, sample_image):
     """The memory modes move components around; they must not change the result."""
     plain = Magic141Pipeline(**tiny_components)
-    expected = plain(sample_image, "a red ball", num_frames=9, generator=torch.Generator().manual_seed(4), **SIZE)
+
+    def run(pipe):
+        generator = torch.Generator().manual_seed(4)
+        return pipe(sample_image, "a red ball", num_frames=9, generator=generator, **SIZE)
+
+    expected = run(plain)
     for options in ({"offload": True}, {"release_text_encoders": True}):
-        pipe = Magic141Pipeline(**tiny_components, **options)
-        got = pipe(sample_image, "a red ball", num_frames=9, generator=torch.Generator().manual_seed(4), **SIZE)
+        got = run(Magic141Pipeline(**tiny_components, **options))
         assert torch.equal(got.frames, expected.frames), options

@@ -44,6 +44,8 @@ def test_round_trip_keeps_rationals_exact():
         ({"quant": "int4"}, "quant"),
         ({"output_dir": "relative/dir"}, "output_dir"),
         ({"output_name": "../escape.mp4"}, "output_name"),
+        ({"output_name": ".hidden.mp4"}, "output_name"),
+        ({"output_name": "a\\b.mp4"}, "output_name"),
         ({"source": {"kind": "image", "path": "frame.png"}}, "source.path"),
         ({"source": {"kind": "clip"}}, "source.kind"),
         ({"source": {"kind": "media", "path": "/a.mov", "time": "-1"}}, "source.time"),
@@ -54,6 +56,11 @@ def test_bad_fields_are_named(change, field):
     with pytest.raises(InvalidInput) as error:
         JobSpec.from_json({**BASE, **change})
     assert error.value.field == field and str(error.value).startswith(f"{field}:")
+
+
+@pytest.mark.parametrize("name", ["take (2).mp4", "café.mov", "Ball_ext_mk-01.mp4"])
+def test_output_names_may_be_any_plain_file_name(name):
+    assert JobSpec.from_json({**BASE, "output_name": name}).output_name == name
 
 
 def test_a_newer_spec_is_refused_as_too_new():
@@ -122,7 +129,8 @@ def test_output_names_parse_back_to_their_job_id():
 
 def test_clip_record_is_versioned_and_exact():
     spec = JobSpec.from_json(BASE)
-    record = protocol.clip_record("j1", spec, JobResult.from_json(RESULT), source_clip="Ball", source_frame=12)
+    result = JobResult.from_json(RESULT)
+    record = protocol.clip_record("j1", spec, result, source_clip="Ball", source_frame=12)
     assert record["version"] == protocol.CLIP_RECORD_VERSION
     assert record["source_time"] == "1001/24" and record["seconds"] == "5/2" and record["steps"] == 4
     json.dumps(record)
@@ -164,8 +172,8 @@ def test_atomic_writes_keep_the_old_file_on_failure_and_use_normal_modes(tmp_pat
 
 
 def test_the_core_imports_nothing_but_the_standard_library():
-    code = ("import sys; before = set(sys.modules); import magic141.errors, magic141.protocol, magic141.rational, "
-            "magic141.atomic, magic141.home; import json; "
+    code = ("import sys; before = set(sys.modules); import magic141.errors, magic141.protocol, "
+            "magic141.rational, magic141.atomic, magic141.home, magic141.cli_args; import json; "
             "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))

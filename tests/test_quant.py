@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from magic141.errors import InvalidInput
 from magic141.engine.quant import (
     QUANT_MODES,
     bytes_per_param,
@@ -35,6 +34,7 @@ from magic141.engine.quant import (
     quantize,
     weight_bytes,
 )
+from magic141.errors import InvalidInput
 
 BOUNDS = {"int8": 0.02, "fp8": 0.08}
 STORAGE = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -67,23 +67,11 @@ MLP_INPUT = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
 def make_tiny_dit():
     from diffusers import HunyuanVideoTransformer3DModel
 
+    from magic141.engine.tiny import dit_config
+
     torch.manual_seed(0)
-    model = HunyuanVideoTransformer3DModel(
-        in_channels=9,
-        out_channels=4,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=1,
-        num_single_layers=1,
-        num_refiner_layers=1,
-        patch_size=2,
-        patch_size_t=1,
-        text_embed_dim=32,
-        pooled_projection_dim=16,
-        rope_axes_dim=(4, 6, 6),
-        image_condition_type="latent_concat",
-        guidance_embeds=False,
-    ).eval()
+    config = dit_config(in_channels=9, out_channels=4, num_single_layers=1)
+    model = HunyuanVideoTransformer3DModel(**config).eval()
     _spread_rows(model, decades=1.0, seed=2)
     return model
 
@@ -273,6 +261,7 @@ def test_bytes_per_param():
         assert 1.0 < bytes_per_param(mode) < 1.02
 
 
+@pytest.mark.slow  # a fresh interpreter: torch's import alone takes seconds
 def test_torchao_is_imported_lazily_and_quietly():
     code = (
         "import sys\n"

@@ -14,14 +14,10 @@ import threading
 import time
 
 import pytest
-from magic141.errors import InvalidInput
-from magic141.engine.queue import (
-    Job,
-    JobConflict,
-    JobNotFound,
-    JobQueue,
-    JobState,
-)
+
+from magic141.engine.queue import Job, JobQueue
+from magic141.errors import InvalidInput, JobConflict, JobNotFound, SchemaTooNew
+from magic141.protocol import JobState
 
 
 @pytest.fixture
@@ -98,7 +94,8 @@ def test_list_runs_by_priority_then_age_and_the_rest_by_age(queue):
 
 def test_submission_is_idempotent_by_id_and_ids_are_checked(queue):
     first = queue.submit({"b": 1, "a": [1, 2]}, job_id="shot-010")
-    assert queue.submit({"a": [1, 2], "b": 1}, job_id="shot-010", priority=7) == first  # key order is not a change
+    # key order is not a change
+    assert queue.submit({"a": [1, 2], "b": 1}, job_id="shot-010", priority=7) == first
     queue.claim("w")
     assert queue.submit({"a": [1, 2], "b": 1}, job_id="shot-010").state == JobState.RUNNING  # any state
     with pytest.raises(JobConflict, match="shot-010"):
@@ -167,9 +164,9 @@ def test_done_failed_and_retried(queue):
     assert again.state == JobState.PENDING and again.attempts == 0 and again.error is None
     assert again.progress is None and again.finished is None
     assert queue.claim("w").id == "b"
-    with pytest.raises(InvalidInput, match="FAILED or CANCELLED"):
+    with pytest.raises(JobConflict, match="FAILED or CANCELLED"):
         queue.retry("b")
-    with pytest.raises(InvalidInput, match="FAILED or CANCELLED"):
+    with pytest.raises(JobConflict, match="FAILED or CANCELLED"):
         queue.retry("a")
 
 

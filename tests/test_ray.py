@@ -1,4 +1,4 @@
-"""Ray scale-out on a local Ray instance, tiny model on CPU: jobs complete, a dead actor's job is re-queued."""
+"""Ray scale-out on a local Ray instance, on the CPU: jobs complete, a dead actor's job is re-queued."""
 
 from __future__ import annotations
 
@@ -7,27 +7,32 @@ import time
 from pathlib import Path
 
 import pytest
-import ray  # the [ray] extra; the [test] extra includes it
 
 from magic141.engine import media
-from magic141.engine.queue import JobQueue, JobState
+from magic141.engine.queue import JobQueue
+from magic141.protocol import SPEC_VERSION, JobState
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
 
 
 def spec(out: Path, seconds: str, seed: int) -> dict:
-    return {"version": 1, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)}, "prompt": "a ball",
-            "seconds": seconds, "height": 32, "width": 48, "seed": seed, "output_dir": str(out)}
+    return {"version": SPEC_VERSION, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)},
+            "prompt": "a ball", "seconds": seconds, "height": 32, "width": 48, "seed": seed,
+            "output_dir": str(out)}
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def ray():
+    """A local Ray instance (the [ray] extra; the [test] extra includes it), imported only when used."""
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield ray
     ray.shutdown()
 
 
-def test_jobs_run_on_actors_and_a_dead_actor_gives_its_job_back(tmp_path, local_ray):
+@pytest.mark.slow  # a local Ray cluster takes seconds to start, and its actors load the model
+def test_jobs_run_on_actors_and_a_dead_actor_gives_its_job_back(tmp_path, ray):
     from magic141.engine.ray_dispatch import RayDispatcher
 
     with JobQueue(tmp_path / "queue.db") as queue:
@@ -54,6 +59,7 @@ def test_jobs_run_on_actors_and_a_dead_actor_gives_its_job_back(tmp_path, local_
         killer.join()
         assert killed == ["long"]
         jobs = {job.id: job for job in queue.list()}
-        assert all(job.state == JobState.DONE for job in jobs.values()), {j.id: (j.state, j.error) for j in jobs.values()}
+        states = {j.id: (j.state, j.error) for j in jobs.values()}
+        assert all(job.state == JobState.DONE for job in jobs.values()), states
         assert jobs["long"].attempts == 2  # re-queued once, then completed on a fresh actor
         assert media.probe_video(jobs["long"].result["path"]).frames == 192

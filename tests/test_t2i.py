@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from magic141.errors import CheckpointError, InvalidInput
 from magic141.engine.t2i import TINY, build_tiny_t2i, generate_first_frame, load_t2i, size_multiple
+from magic141.errors import CheckpointError, InvalidInput
 
 PROMPT = "a red fox running through snow"
 
@@ -104,82 +104,50 @@ def test_bad_generation_arguments_are_invalid_input(tiny, kwargs):
         generate_first_frame(tiny, PROMPT, **args)
 
 
-def test_missing_directory_is_refused(tmp_path):
-    missing = tmp_path / "nope"
-    with pytest.raises(InvalidInput, match="does not exist") as info:
-        load_t2i(str(missing))
-    assert str(missing) in str(info.value)
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        pytest.param(lambda path: None, "does not exist", id="missing"),
+        pytest.param(lambda path: path.write_bytes(b"not a pipeline"), "not a directory", id="file"),
+    ],
+)
+def test_a_path_that_is_not_a_folder_is_refused(tmp_path, make, match):
+    path = tmp_path / "model.safetensors"
+    make(path)
+    with pytest.raises(InvalidInput, match=match) as info:
+        load_t2i(str(path))
+    assert str(path) in str(info.value)
 
 
-def test_file_is_refused(tmp_path):
-    file = tmp_path / "model.safetensors"
-    file.write_bytes(b"not a pipeline")
-    with pytest.raises(InvalidInput, match="not a directory") as info:
-        load_t2i(str(file))
-    assert str(file) in str(info.value)
+I2V_INDEX = {  # only the index: loading any component would fail with a different error
+    "_class_name": "HunyuanVideoImageToVideoPipeline",
+    "_diffusers_version": "0.33.0",
+    "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
+}
 
 
-def test_directory_without_model_index_is_refused(tmp_path):
-    directory = tmp_path / "empty"
+@pytest.mark.parametrize(
+    ("index", "error", "match"),
+    [
+        pytest.param(None, InvalidInput, "model_index.json", id="no-index"),
+        pytest.param("{not json", InvalidInput, "cannot be read as JSON", id="unreadable-index"),
+        pytest.param(I2V_INDEX, InvalidInput, "HunyuanVideoImageToVideoPipeline", id="image-to-video"),
+        # a class whose name gives nothing away but whose call needs an input image
+        pytest.param({"_class_name": "PaintByExamplePipeline"}, InvalidInput,
+                     "PaintByExamplePipeline.*needs an input image", id="needs-an-image"),
+        pytest.param({"_class_name": "HunyuanVideoPipeline"}, InvalidInput, "HunyuanVideoPipeline",
+                     id="video"),
+        pytest.param({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]},
+                     CheckpointError, None, id="missing-weights"),
+    ],
+)
+def test_a_folder_that_is_not_a_text_to_image_pipeline_is_refused_by_path(tmp_path, index, error, match):
+    directory = tmp_path / "model"
     directory.mkdir()
-    with pytest.raises(InvalidInput, match="model_index.json") as info:
-        load_t2i(str(directory))
-    assert str(directory) in str(info.value)
-
-
-def test_image_to_video_pipeline_is_refused_before_loading_weights(tmp_path):
-    directory = tmp_path / "i2v"
-    directory.mkdir()
-    # Only the index: loading any component would fail with a different error.
-    (directory / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "HunyuanVideoImageToVideoPipeline",
-                "_diffusers_version": "0.33.0",
-                "transformer": ["diffusers", "HunyuanVideoTransformer3DModel"],
-                "vae": ["diffusers", "AutoencoderKLHunyuanVideo"],
-            }
-        )
-    )
-    with pytest.raises(InvalidInput, match="HunyuanVideoImageToVideoPipeline") as info:
-        load_t2i(str(directory))
-    assert str(directory) in str(info.value)
-
-
-def test_pipeline_requiring_an_image_argument_is_refused(tmp_path):
-    # A class whose name gives nothing away but whose call needs an input image.
-    directory = tmp_path / "paint"
-    directory.mkdir()
-    (directory / "model_index.json").write_text(json.dumps({"_class_name": "PaintByExamplePipeline"}))
-    with pytest.raises(InvalidInput, match="PaintByExamplePipeline.*needs an input image") as info:
-        load_t2i(str(directory))
-    assert str(directory) in str(info.value)
-
-
-def test_unreadable_model_index_is_refused(tmp_path):
-    directory = tmp_path / "broken"
-    directory.mkdir()
-    (directory / "model_index.json").write_text("{not json")
-    with pytest.raises(InvalidInput) as info:
-        load_t2i(str(directory))
-    assert str(directory) in str(info.value)
-
-
-def test_video_pipeline_is_refused(tmp_path):
-    directory = tmp_path / "t2v"
-    directory.mkdir()
-    (directory / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))
-    with pytest.raises(InvalidInput, match="HunyuanVideoPipeline") as info:
-        load_t2i(str(directory))
-    assert str(directory) in str(info.value)
-
-
-def test_directory_with_missing_weights_is_a_checkpoint_error(tmp_path):
-    directory = tmp_path / "partial"
-    directory.mkdir()
-    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}
-    (directory / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(CheckpointError) as info:
+    if index is not None:
+        (directory / "model_index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    with pytest.raises(error, match=match) as info:
         load_t2i(str(directory))
     assert str(directory) in str(info.value)
 

@@ -15,8 +15,11 @@ import opentimelineio as otio
 import pytest
 
 from magic141.engine import media
+from magic141.errors import InvalidInput
 from magic141.plugin import timeline as tl
 from magic141.plugin.extend import extend_clip
+from magic141.protocol import CLIP_RECORD_VERSION, JobResult, JobSpec
+from magic141.rational import rate_from_float
 
 RT, TR = otio.opentime.RationalTime, otio.opentime.TimeRange
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,15 +70,17 @@ def cut(request, tmp_path):
 
 
 def positions(track) -> dict[str, tuple[int, int]]:
-    return {item.name: (item.range_in_parent().start_time.to_frames(), item.range_in_parent().duration.to_frames())
-            for item in track}
+    return {item.name: (item.range_in_parent().start_time.to_frames(),
+                        item.range_in_parent().duration.to_frames()) for item in track}
 
 
-def test_rates_come_back_exact():
+def test_rates_come_back_exact(tmp_path):
     for rate in RATES:
-        assert tl.rational_rate(float(rate)) == rate
-    assert tl.rational_rate(23.976023976023978) == Fraction(24000, 1001)
-    assert tl.rational_rate(59.94005994005994) == Fraction(60000, 1001)
+        assert rate_from_float(float(rate)) == rate
+    assert rate_from_float(23.976023976023978) == Fraction(24000, 1001)
+    assert rate_from_float(59.94005994005994) == Fraction(60000, 1001)
+    doc = tl.open_timeline(make_timeline(tmp_path, Fraction(24000, 1001), "x.mp4", 0))
+    assert doc.rate == Fraction(24000, 1001)  # what OTIO stored as 23.976023976... comes back exact
 
 
 def test_frames_grabbed_are_the_frames_at_that_time(cut):
@@ -109,7 +114,7 @@ def test_insert_lands_after_the_clip_and_ripples_the_track(cut, tmp_path):
     assert after["B"] == (before["B"][0] + 7, before["B"][1]) and after["C"] == (before["C"][0] + 7, 10)
     new = tl.find_clip(reloaded, "A ext")
     assert not new.offline and new.media_path == generated.resolve()
-    assert tl.rational_rate(new.clip.source_range.duration.rate) == rate  # at the timeline's rate
+    assert rate_from_float(new.clip.source_range.duration.rate) == rate  # at the timeline's rate
     assert new.clip.source_range == new.clip.media_reference.available_range  # the whole media, exactly
     assert new.clip.metadata["magic141"]["prompt"] == "the bar keeps moving"
     assert [m.name for m in new.clip.markers] == [tl.MARKER_NAME]
@@ -218,6 +223,55 @@ def test_offline_media_and_missing_references(cut, tmp_path):
     assert path.read_bytes() == saved
 
 
+def test_extend_places_the_result_with_its_clip_record_and_refuses_a_bad_mode(tmp_path):
+    """The flow with a stand-in engine: the job is a JobSpec, its JobResult lands in the timeline."""
+    rate = Fraction(24)
+    plate = tmp_path / "media" / "plate.mp4"
+    make_media(plate, rate)
+    path = make_timeline(tmp_path, rate, "media/plate.mp4", tc_start=0)
+    asked: list[JobSpec] = []
+
+    def run_job(job_id: str, spec: JobSpec) -> JobResult:
+        asked.append(spec)
+        out = Path(spec.output_path(job_id))
+        out.parent.mkdir(parents=True)
+        make_media(out, rate, frames=6)
+        return JobResult(str(out), 6, rate, 48, 32, spec.codec, settings={"steps": 4})
+
+    done = extend_clip(path, "B", prompt="the bar keeps moving", seconds=Fraction(1, 4), run_job=run_job,
+                       at=2, seed=9, model="tiny", out=tmp_path / "out.otio")
+    (spec,) = asked
+    assert (spec.source.kind, spec.source.time, spec.seconds, spec.fps) == ("media", Fraction(22, 24),
+                                                                            Fraction(1, 4), rate)
+    assert spec.output_dir == str((tmp_path / "out_magic141").resolve())
+    saved = tl.open_timeline(done.timeline)
+    record = dict(tl.find_clip(saved, "B ext").clip.metadata["magic141"])
+    assert record == {"version": CLIP_RECORD_VERSION, "job_id": done.job_id, "prompt": "the bar keeps moving",
+                      "seed": 9, "model": "tiny", "quant": "none", "steps": 4, "source_clip": "B",
+                      "source_frame": 2, "source_time": "11/12", "seconds": "1/4"}
+    with pytest.raises(InvalidInput) as caught:
+        extend_clip(path, "B", prompt="x", seconds=Fraction(1), run_job=run_job, mode="sideways")
+    assert caught.value.field == "mode" and "--" not in caught.value.message
+    assert "insert, overwrite, newtrack" in caught.value.message and len(asked) == 1
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """A saved timeline is mode 0666 less the umask, as any program's new file (not a temp file's 0600)."""
+    for name in ("sample.otio", "plate.mp4"):
+        shutil.copy(ROOT / "resources" / "samples" / name, tmp_path)
+    old = os.umask(0o022)
+    try:
+        doc = tl.open_timeline(tmp_path / "sample.otio")
+        modes = {suffix: tl.save_timeline(doc, tmp_path / f"cut{suffix}").stat().st_mode & 0o777
+                 for suffix in (".otio", ".otioz")}
+        os.umask(0o002)
+        modes["umask 002"] = tl.save_timeline(doc, tmp_path / "group.otio").stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert modes == {".otio": 0o644, ".otioz": 0o644, "umask 002": 0o664}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
 def test_frames_outside_the_clip_and_unknown_clips(cut):
     path, _, _ = cut
     doc = tl.open_timeline(path)
@@ -258,6 +312,7 @@ def test_read_only_storage_fails_before_any_work(tmp_path):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_extend_command_prints_where_the_clip_landed(tmp_path):
     for name in ("sample.otio", "plate.mp4"):
         shutil.copy(ROOT / "resources" / "samples" / name, tmp_path)
@@ -276,4 +331,5 @@ def test_extend_command_prints_where_the_clip_landed(tmp_path):
     assert media.probe_video(new.media_path).frames == 24
     info = new.clip.metadata["magic141"]
     assert (info["source_clip"], info["source_frame"], info["source_time"]) == ("Plate A", 35, "35/24")
-    assert (tmp_path / "sample.otio").read_bytes() == (ROOT / "resources" / "samples" / "sample.otio").read_bytes()
+    shipped = ROOT / "resources" / "samples" / "sample.otio"
+    assert (tmp_path / "sample.otio").read_bytes() == shipped.read_bytes()

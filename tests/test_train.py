@@ -12,15 +12,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from magic141.engine import world
-from magic141.errors import CheckpointError
-from magic141.engine import eval_cli
+from safetensors.torch import load_file
+
+from magic141.engine import eval_cli, world
 from magic141.engine.models import load_model
 from magic141.engine.pipeline import Magic141Pipeline
 from magic141.engine.train import common, dmd2, export, report, t2i, teacher, vae
 from magic141.engine.train.components import build_dit
 from magic141.engine.train.data import state_from_json
-from safetensors.torch import load_file
+from magic141.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
 
@@ -156,17 +156,8 @@ def test_the_text_to_image_model_learns_its_vae_then_its_transformer(tmp_path):
 def test_dmd2_distils_the_teacher_into_a_few_step_student(tmp_path, teacher_run, vae_run):
     run = tmp_path / "dmd2"
     dmd2.train(
-        run,
-        teacher_run,
-        vae_run,
-        iterations=4,
-        student_steps=2,
-        batch=2,
-        eval_every=2,
-        eval_clips=2,
-        threads=1,
-        checkpoint_every=2,
-        quiet=True,
+        run, teacher_run, vae_run, iterations=4, student_steps=2, batch=2, eval_every=2, eval_clips=2,
+        threads=1, checkpoint_every=2, quiet=True,
     )
     log = common.read_log(run)
     assert [r["step"] for r in log if "eval_valid" in r] == [0, 2, 4]
@@ -188,29 +179,10 @@ def test_training_runs_under_torchrun_with_two_processes(tmp_path, vae_run):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "magic141.engine.train.teacher",
-            "--run-dir",
-            str(run),
-            "--vae-run",
-            str(vae_run),
-            "--steps",
-            "4",
-            "--batch",
-            "4",
-            "--pool-size",
-            "6",
-            "--frames",
-            "5",
-            "--threads",
-            "1",
-            "--checkpoint-every",
-            "4",
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "magic141.engine.train.teacher", "--run-dir", str(run), "--vae-run", str(vae_run),
+            "--steps", "4", "--batch", "4", "--pool-size", "6", "--frames", "5", "--threads", "1",
+            "--checkpoint-every", "4",
         ],
         capture_output=True,
         text=True,

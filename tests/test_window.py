@@ -18,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from magic141.engine import media
-from magic141.errors import InvalidInput
-from magic141.engine.generate import Engine, GenerateRequest
+from magic141.engine.generate import Engine
 from magic141.engine.models import LoadedModel, ModelInfo
 from magic141.engine.pipeline import Magic141Pipeline
 from magic141.engine.window import ColourAnchor, crossfade, plan_windows
+from magic141.errors import InvalidInput
+from magic141.protocol import JobSpec, Source
 
 SLOPE = 0.05  # per latent frame, in [-1, 1] pixel units: 0.00625 of full scale per output frame
 
@@ -74,7 +75,10 @@ class ContinuationOracle(torch.nn.Module):
         noisy, cond, mask = hidden_states[:, :16], hidden_states[:, 16:32], hidden_states[:, 32:]
         k = int(mask[0, 0, :, 0, 0].sum())
         last = cond[:, :, k - 1 : k]
-        slope = cond[:, :, k - 1 : k] - cond[:, :, k - 2 : k - 1] if k > 1 else torch.full_like(last, self.slope)
+        if k > 1:
+            slope = cond[:, :, k - 1 : k] - cond[:, :, k - 2 : k - 1]
+        else:
+            slope = torch.full_like(last, self.slope)
         steps = torch.arange(noisy.shape[2], dtype=noisy.dtype).view(1, 1, -1, 1, 1) - (k - 1)
         clean = last + steps * slope + (self.drift if k > 1 else 0.0)
         sigma = timestep.view(-1, 1, 1, 1, 1) / 1000
@@ -88,14 +92,17 @@ def _oracle_engine(tiny_components, window_frames=33, **oracle) -> Engine:
     return Engine(LoadedModel(info, parts), Magic141Pipeline(**parts), t2i=None)
 
 
+def _spec(image, prompt: str, seconds: int, fps: Fraction = Fraction(24)) -> JobSpec:
+    return JobSpec(Source("image", str(image)), prompt, str(image.parent), seconds=Fraction(seconds), fps=fps)
+
+
 def test_four_windows_make_exact_frame_count_and_seamless_motion(tmp_path, tiny_components):
     image = tmp_path / "grey.png"
     PIL.Image.new("RGB", (48, 32), (51, 51, 51)).save(image)  # 0.2 of full scale
     engine = _oracle_engine(tiny_components)
     windows = []
     result = engine.generate(
-        GenerateRequest(prompt="brighter", image=image, seconds=Fraction(4), fps=Fraction(24),
-                        out=tmp_path / "long.mp4", colour_anchor=0.0),
+        _spec(image, "brighter", 4), tmp_path / "long.mp4", colour_anchor=0.0,
         progress=lambda step: windows.append((step.window, step.windows)),
     )
     assert result.windows == 4 and {w for w, _ in windows} == {1, 2, 3, 4}
@@ -118,8 +125,7 @@ def test_conformed_rate_follows_the_native_motion(tmp_path, tiny_components):
     PIL.Image.new("RGB", (48, 32), (51, 51, 51)).save(image)
     fps = Fraction(30000, 1001)
     result = _oracle_engine(tiny_components).generate(
-        GenerateRequest(prompt="brighter", image=image, seconds=Fraction(3), fps=fps,
-                        out=tmp_path / "ntsc.mp4", colour_anchor=0.0)
+        _spec(image, "brighter", 3, fps), tmp_path / "ntsc.mp4", colour_anchor=0.0
     )
     info = media.probe_video(tmp_path / "ntsc.mp4")
     assert info.fps == fps and info.frames == result.frames == round(3 * fps)
@@ -128,13 +134,13 @@ def test_conformed_rate_follows_the_native_motion(tmp_path, tiny_components):
     np.testing.assert_allclose(means, (0.2 + native * SLOPE / 8) * 255, atol=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("anchor", [1.0, 0.0])
 def test_a_minute_of_windows_does_not_drift_when_anchored(tmp_path, tiny_components, anchor):
     image = tmp_path / "grey.png"
     PIL.Image.new("RGB", (48, 32), (100, 100, 100)).save(image)
     engine = _oracle_engine(tiny_components, slope=0.0, drift=0.02)  # each window 1.3 code values brighter
-    result = engine.generate(GenerateRequest(prompt="still", image=image, seconds=Fraction(60), fps=Fraction(24),
-                                             out=tmp_path / "minute.mp4", colour_anchor=anchor))
+    result = engine.generate(_spec(image, "still", 60), tmp_path / "minute.mp4", colour_anchor=anchor)
     assert result.windows == 52 and media.probe_video(tmp_path / "minute.mp4").frames == 1440
     frames = media.read_frames(tmp_path / "minute.mp4").astype(float)
     drift = frames[-24:].mean() - frames[:24].mean()
@@ -151,7 +157,7 @@ def test_plan_covers_any_length_with_trimmed_last_window():
         # 4k+1 rounding only; a window has at least 2 latent frames (the first one is the condition)
         assert total <= last.start + last.frames < max(total + 4, 6)
         assert all((p.frames - 1) % 4 == 0 and p.frames <= 33 for p in plans)
-        for before, after in zip(plans, plans[1:]):
+        for before, after in zip(plans, plans[1:], strict=False):
             assert after.start == before.start + before.frames - 5 and after.blend == 5
     minute = plan_windows(60 * 24 + 1, window_frames=129, overlap_latents=2)
     assert len(minute) == 12

@@ -6,6 +6,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
 from magic141.engine import scores, world
 from magic141.errors import InvalidInput
 

@@ -17,6 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
 from magic141.engine import media, scores, world
 from magic141.engine.models import WORLD_DIR, load_model
 from magic141.engine.pipeline import Magic141Pipeline
@@ -46,6 +47,7 @@ def pipe() -> Magic141Pipeline:
     return Magic141Pipeline(**loaded.components)
 
 
+@pytest.mark.slow
 def test_one_second_continuations_start_on_the_frame_and_move_as_prompted(pipe):
     # Twelve clips of the world it learnt that the card did not use; the model gets the direction wrong
     # on some (the card), so the direction is judged as a rate, everything else clip by clip.
@@ -88,11 +90,14 @@ def test_the_prompt_not_the_picture_decides_the_direction(pipe):
     assert moved == {"left": "left", "right": "right", "up": "up", "down": "down"}
 
 
-def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(tmp_path):
-    # the README's command (default model: world), on a copy of the sample (the timeline is saved beside --out)
+def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(tmp_path, capsys):
+    # the README's command (default model: world), on a copy of the sample (the timeline is saved beside
+    # --out), in this process as the console script runs it
+    from magic141.cli import main
+
     timeline = sample.write_sample(tmp_path / "sample")
     out = tmp_path / "out" / "extended.otio"
-    done = run(
+    status = main([
         "extend",
         str(timeline),
         "--clip",
@@ -103,8 +108,8 @@ def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(t
         "1",
         "--out",
         str(out),
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    ])
+    assert status == 0, capsys.readouterr().err[-2000:]
     generated = sorted((out.parent / "extended_magic141").glob("*.mp4"))
     assert len(generated) == 1
     frames = media.read_frames(generated[0])
@@ -126,6 +131,7 @@ def test_eval_cases_come_from_the_world_asked_for():
     assert all(c.prompt == world.caption(c.state, 1.0) for c in basic + full)
 
 
+@pytest.mark.slow
 def test_eval_quick_path_prints_every_section(tmp_path):
     out = tmp_path / "scores.json"
     done = run("eval", "--clips", "1", "--long-runs", "1", "--long-seconds", "2", "--out", str(out))
@@ -154,13 +160,14 @@ def test_eval_quick_path_prints_every_section(tmp_path):
     assert result["long"][0]["windows"] == 3
 
 
-def test_eval_refuses_a_model_not_trained_on_the_world():
-    done = run("eval", "--model", "tiny", "--quick")
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+def test_eval_refuses_a_model_not_trained_on_the_world(capsys):
+    from magic141.cli import main
+
+    assert main(["eval", "--model", "tiny", "--quick"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         (
-            "error: --model tiny: magic141 eval scores models trained on the procedural world "
-            "(--model world, or a folder written by engine/train/export); this one has no training.json"
+            "error: --model: tiny: magic141 eval scores models trained on the procedural world "
+            "(world, or a folder written by engine/train/export); this one has no training.json"
         )
     ]
 

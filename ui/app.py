@@ -36,7 +36,7 @@ class MainWindow(QMainWindow):
             file_menu.addAction(text).triggered.connect(slot)
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
-        quit_action.setShortcut(QKeySequence.Quit)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
         edit_menu = self.menuBar().addMenu("&Edit")

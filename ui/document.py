@@ -1,4 +1,5 @@
-"""The open timeline as the panel's model: the OTIO document, its video clips, undo and "modified".
+"""The open timeline as the panel's model: the OTIO document, its video clips, undo and "modified",
+opened and saved off the UI thread (on a one-thread pool, so in the order asked).
 
 Every edit is recorded as two snapshots (deep copies of the timeline before and after) on a
 ``QUndoStack``; undo and redo put a fresh copy of a snapshot back. That is the simplest edit
@@ -17,6 +18,7 @@ Traps avoided:
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import opentimelineio as otio
@@ -24,6 +26,8 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from magic141.plugin import timeline as tl
+
+from .tasks import TaskRunner
 
 
 class _SnapshotEdit(QUndoCommand):
@@ -46,6 +50,10 @@ class _SnapshotEdit(QUndoCommand):
 class TimelineDocument(QObject):
     changed = Signal(object)  # the TimelineDoc after an open, edit, undo or redo (None when closed)
     modified_changed = Signal(bool)
+    opened = Signal(object)  # the TimelineDoc just opened (after ``changed``)
+    open_failed = Signal(str)  # why, in plain words; the document open before stays
+    saved = Signal(object)  # the Path it was saved to
+    save_failed = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -53,6 +61,33 @@ class TimelineDocument(QObject):
         self.refs: list[tl.ClipRef] = []
         self.undo_stack = QUndoStack(self)
         self.undo_stack.cleanChanged.connect(self._clean_changed)
+        self._io = TaskRunner(1, self)
+
+    # Opening and saving (off the UI thread) --------------------------------------------------------
+
+    def open(self, path: str | os.PathLike) -> None:
+        """Read ``path`` on the I/O thread; the current timeline stays until it has loaded."""
+        self._io.submit(_load, Path(path), done=self._loaded, failed=self.open_failed.emit)
+
+    def _loaded(self, loaded: tuple[tl.TimelineDoc, list[tl.ClipRef]]) -> None:
+        self.set_doc(*loaded)
+        self.opened.emit(self.doc)
+
+    def save(self) -> None:
+        """Save a copy of the timeline as it is now; marked saved only if nothing changed meanwhile."""
+        copy, position = self.save_copy()
+        self._io.submit(tl.save_timeline, copy, done=lambda path: self._saved(path, position),
+                        failed=self.save_failed.emit)
+
+    def _saved(self, path: Path, position: int) -> None:
+        self.mark_saved(position)
+        self.saved.emit(path)
+
+    def wait(self, msecs: int = 5000) -> bool:
+        """Let an open or save under way finish (before the panel closes)."""
+        return self._io.wait(msecs)
+
+    # The model -------------------------------------------------------------------------------------
 
     @property
     def modified(self) -> bool:
@@ -111,3 +146,8 @@ class TimelineDocument(QObject):
     def mark_saved(self, position: int) -> None:
         if self.undo_stack.index() == position:
             self.undo_stack.setClean()
+
+
+def _load(path: Path) -> tuple[tl.TimelineDoc, list[tl.ClipRef]]:
+    doc = tl.open_timeline(path)
+    return doc, tl.video_clips(doc)

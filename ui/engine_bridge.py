@@ -1,9 +1,10 @@
 """The engine service, seen from the UI thread as Qt signals. Never blocks, never imports torch.
 
-Everything that touches the network runs elsewhere: connect/submit/cancel/health on a small
-private ``QThreadPool``, and each job's event stream (``EngineClient.events(job_id)``) on its own
-thread. Raw event dicts are turned into ``JobUpdate`` objects there, step previews decoded into
-``QImage`` there too, so the UI thread only places finished objects.
+The bridge talks to any object with ``EngineClient``'s methods (``Engine`` below): the real
+``plugin.client.EngineClient``, or an in-process fake in tests. Everything that touches it runs
+elsewhere: connect/submit/cancel/health on a small private ``QThreadPool``, and each job's event
+stream (``events(job_id)``, ``protocol.Event`` objects) on its own thread, where step previews
+are decoded into ``QImage`` too, so the UI thread only places finished objects.
 
 Traps avoided:
 - Two "Extend" clicks before the service is up must not spawn two services: ``connect`` is
@@ -20,18 +21,30 @@ Traps avoided:
 from __future__ import annotations
 
 import base64
-import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QImage
 
-from magic141.plugin.client import EngineClient, EngineError, progress_fraction
+from magic141.errors import EngineError
+from magic141.protocol import Event, JobSpec, JobState
 
 from .tasks import TaskRunner, plain_error
 
-TERMINAL = ("finished", "failed", "cancelled")
+
+class Engine(Protocol):
+    """What the bridge needs of an engine client (``plugin.client.EngineClient`` has it all)."""
+
+    def connect(self, *, start: bool = True) -> Any: ...
+    def health(self) -> dict: ...
+    def submit(self, spec: JobSpec, *, job_id: str | None = None) -> dict: ...
+    def events(self, job_id: str | None = None) -> Iterator[Event]: ...
+    def job(self, job_id: str) -> dict: ...
+    def cancel(self, job_id: str) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -60,40 +73,22 @@ class EngineStatus:
 
 @dataclass(frozen=True)
 class JobUpdate:
-    """One engine event of one job, ready for the UI: ``kind`` is the event type."""
+    """One event of one job, with its step preview (if any) already decoded."""
 
-    job_id: str
-    kind: str  # queued | started | step | finished | failed | cancelled
-    step: int = 0
-    total: int = 0
-    window: int = 0
-    windows: int = 0
-    eta: float | None = None
+    event: Event
     preview: QImage | None = field(default=None, compare=False)
-    result: dict | None = None
-    reason: str = ""
-
-    @property
-    def fraction(self) -> float:
-        """Progress over all windows, 0..1."""
-        return progress_fraction(self.step, self.total, self.window, self.windows)
 
     @classmethod
-    def from_event(cls, event: dict) -> JobUpdate:
-        preview = None
-        if event.get("preview"):
-            try:
-                preview = QImage.fromData(base64.b64decode(event["preview"]), "PNG")
-            except (ValueError, TypeError):
-                preview = None
-            if preview is not None and preview.isNull():
-                preview = None
-        eta = event.get("eta")
-        return cls(job_id=str(event.get("job")), kind=str(event.get("type")),
-                   step=int(event.get("step") or 0), total=int(event.get("total") or 0),
-                   window=int(event.get("window") or 0), windows=int(event.get("windows") or 0),
-                   eta=float(eta) if eta is not None else None,
-                   preview=preview, result=event.get("result"), reason=str(event.get("reason") or ""))
+    def of(cls, event: Event) -> JobUpdate:
+        """Decode the preview here, on the stream's thread: a bad one is dropped, never fatal."""
+        if not event.preview:
+            return cls(event)
+        try:
+            data = base64.b64decode(event.preview)
+        except ValueError:  # not base64 (binascii.Error is a ValueError)
+            return cls(event)
+        preview = QImage.fromData(data)  # the format is read from the data (a PNG)
+        return cls(event, None if preview.isNull() else preview)
 
 
 class EngineBridge(QObject):
@@ -102,10 +97,9 @@ class EngineBridge(QObject):
     job_updated = Signal(object)  # JobUpdate
     job_error = Signal(str, str)  # job id, what went wrong in plain words (not submitted, stream lost)
 
-    def __init__(self, home: str | os.PathLike | None = None, parent: QObject | None = None, *,
-                 poll_ms: int = 3000) -> None:
+    def __init__(self, client: Engine, parent: QObject | None = None, *, poll_ms: int = 3000) -> None:
         super().__init__(parent)
-        self.client = EngineClient(home)
+        self.client = client
         self._connect_lock = threading.Lock()
         self._closing = threading.Event()
         self._tasks = TaskRunner(2, self)
@@ -116,8 +110,9 @@ class EngineBridge(QObject):
         self._timer.timeout.connect(self.refresh_status)
 
     @property
-    def home(self):
-        return self.client.root
+    def home(self) -> Path | None:
+        """The engine's state folder, where the client has one (the real client does)."""
+        return getattr(self.client, "root", None)
 
     # Status -------------------------------------------------------------------------------------
 
@@ -153,13 +148,13 @@ class EngineBridge(QObject):
 
     # Jobs ---------------------------------------------------------------------------------------
 
-    def submit(self, job_id: str, spec: dict) -> None:
+    def submit(self, job_id: str, spec: JobSpec) -> None:
         """Start the service if needed, queue the job, then follow its events."""
-        self._tasks.submit(self._submit, job_id, dict(spec),
-                           done=lambda _job: self._submitted(job_id),
+        self._tasks.submit(self._submit, job_id, spec,
+                           done=lambda _record: self._submitted(job_id),
                            failed=lambda message: self.job_error.emit(job_id, message))
 
-    def _submit(self, job_id: str, spec: dict) -> dict:
+    def _submit(self, job_id: str, spec: JobSpec) -> dict:
         with self._connect_lock:
             self.client.connect()
         return self.client.submit(spec, job_id=job_id)
@@ -177,18 +172,15 @@ class EngineBridge(QObject):
                            failed=lambda message: self.job_error.emit(job_id, message))
 
     def _follow(self, job_id: str) -> None:
-        ended = False
         try:
             for event in self.client.events(job_id):
                 if self._closing.is_set():
                     return
-                update = JobUpdate.from_event(event)
-                self._emit(self.job_updated, update)
-                if update.kind in TERMINAL:
-                    ended = True
-                    break
-            if not ended and not self._closing.is_set():
-                self._emit(self.job_updated, self._from_record(job_id))
+                self._emit(self.job_updated, JobUpdate.of(event))
+                if event.type.terminal:
+                    return
+            if not self._closing.is_set():
+                self._emit(self.job_updated, JobUpdate(self._from_record(job_id)))
         except Exception as exc:  # noqa: BLE001 - a lost stream is reported, never raised into Qt
             if not self._closing.is_set():
                 self._emit(self.job_error, job_id,
@@ -196,15 +188,15 @@ class EngineBridge(QObject):
         finally:
             self._followers.pop(job_id, None)
 
-    def _from_record(self, job_id: str) -> JobUpdate:
+    def _from_record(self, job_id: str) -> Event:
+        """The job's last event, rebuilt from its record when the stream ended without one."""
         job = self.client.job(job_id)
-        state = str(job.get("state")).upper()
-        kind = {"DONE": "finished", "FAILED": "failed", "CANCELLED": "cancelled"}.get(state)
-        if kind is None:
-            raise EngineError(f"the event stream ended while the job was {state.lower()}")
-        return JobUpdate(job_id, kind, result=job.get("result"), reason=str(job.get("error") or ""))
+        state = JobState(str(job.get("state")).upper())
+        if not state.terminal:
+            raise EngineError(f"the event stream ended while the job was {state.value.lower()}")
+        return Event.ending(job_id, state, job.get("result"), job.get("error"))
 
-    def _emit(self, signal, *args) -> None:
+    def _emit(self, signal: SignalInstance, *args: object) -> None:
         try:
             signal.emit(*args)
         except RuntimeError:  # this object was deleted (panel closed) while the stream ran
@@ -220,3 +212,4 @@ class EngineBridge(QObject):
         self._closing.set()
         self._timer.stop()
         self._tasks.wait(3000)
+

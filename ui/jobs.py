@@ -1,57 +1,55 @@
 """The job list: one row per job with its progress, the latest step preview, cancel, and how it
-ended in plain words. Rows change only through ``JobUpdate`` objects and short notes."""
+ended in plain words. Rows only draw the ``Job`` snapshots the job controller sends."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea,
-                               QSizePolicy, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
-from .engine_bridge import JobUpdate
+from .job_controller import Job, JobPhase
 
 PREVIEW_SIZE = (72, 44)
-STATES = {  # event type -> what the row says
-    "submitting": "starting the engine…",
-    "queued": "queued",
-    "started": "loading the model…",
-    "step": "generating",
-    "finished": "done",
-    "failed": "failed",
-    "cancelling": "cancelling…",
-    "cancelled": "cancelled",
+WORDS = {  # what a row says in each state (GENERATING says which step)
+    JobPhase.SUBMITTING: "starting the engine…",
+    JobPhase.QUEUED: "queued",
+    JobPhase.LOADING: "loading the model…",
+    JobPhase.GENERATING: "generating",
+    JobPhase.CANCELLING: "cancelling…",
+    JobPhase.FINISHED: "done",
+    JobPhase.FAILED: "failed",
+    JobPhase.CANCELLED: "cancelled",
 }
-ACTIVE = ("submitting", "queued", "started", "step", "cancelling")
-
-
-def in_plain_words(reason: str) -> str:
-    """The engine's failure reason as an editor would want to read it."""
-    reason = reason.strip() or "the engine gave no reason"
-    if reason.startswith("internal error:"):
-        detail = reason[len("internal error:"):].strip()
-        return f"the engine hit an unexpected problem ({detail}); its log has details"
-    return reason[0].upper() + reason[1:]
 
 
 class JobRow(QFrame):
-    def __init__(self, job_id: str, title: str, detail: str, parent: QWidget | None = None) -> None:
+    def __init__(self, job: Job, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("jobRow")
-        self.job_id = job_id
-        self.state = "submitting"
+        self.job = job
         self.preview = QLabel(self)
         self.preview.setObjectName("jobPreview")
         self.preview.setFixedSize(*PREVIEW_SIZE)
-        self.preview.setAlignment(Qt.AlignCenter)
-        self.title = QLabel(title, self)
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.title = QLabel(job.title, self)
         self.title.setObjectName("jobTitle")
-        self.title.setToolTip(f"job {job_id}\n{title}\n{detail}")
+        self.title.setToolTip(f"job {job.id}\n{job.title}\n{job.detail}")
         # A long prompt must never push the Cancel button out of sight.
-        self.title.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        self.status = QLabel(STATES[self.state], self)
+        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status = QLabel("", self)
         self.status.setObjectName("jobStatus")
         self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
@@ -69,57 +67,48 @@ class JobRow(QFrame):
         layout.setContentsMargins(6, 4, 6, 4)
         layout.addWidget(self.preview)
         layout.addLayout(text, 1)
-        layout.addWidget(self.cancel, 0, Qt.AlignTop)
+        layout.addWidget(self.cancel, 0, Qt.AlignmentFlag.AlignTop)
 
-    def apply(self, update: JobUpdate) -> None:
-        if self.state in ("finished", "failed", "cancelled"):
-            return  # a late duplicate (replayed stream) never undoes an ending
-        if self.state == "cancelling" and update.kind in ("step", "started", "queued"):
-            self.progress.setValue(round(update.fraction * 1000))
-            return
-        self.state = update.kind if update.kind in STATES else self.state
-        if update.kind == "step":
-            self.progress.setValue(round(update.fraction * 1000))
-            window = f", window {update.window}/{update.windows}" if update.windows > 1 else ""
-            # The engine's eta covers the current window's denoising: promise nothing for longer jobs.
-            eta = ""
-            if update.eta is not None and update.windows <= 1:
-                eta = f", about {update.eta:.0f} s of denoising left"
-            self.status.setText(f"step {update.step}/{update.total}{window}{eta}")
-            if update.preview is not None:
-                self.preview.setPixmap(QPixmap.fromImage(update.preview).scaled(
-                    *PREVIEW_SIZE, Qt.KeepAspectRatio, Qt.SmoothTransformation))
-        elif update.kind == "finished":
+        self.show_job(job)
+
+    @property
+    def state(self) -> JobPhase:
+        return self.job.state
+
+    def show_job(self, job: Job) -> None:
+        self.job = job
+        if job.progress is not None:
+            self.progress.setValue(round(job.progress.fraction * 1000))
+        if job.preview is not None:
+            self.preview.setPixmap(QPixmap.fromImage(job.preview).scaled(
+                *PREVIEW_SIZE, Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation))
+        if job.state is JobPhase.FINISHED:
             self.progress.setValue(1000)
-            frames = (update.result or {}).get("frames")
-            self.status.setText(f"done: {frames} frames" if frames else "done")
-        elif update.kind == "failed":
-            self.status.setText(f"Failed: {in_plain_words(update.reason)}")
-        else:
-            self.status.setText(STATES.get(update.kind, update.kind))
-        self._settle()
-
-    def fail(self, message: str) -> None:
-        self.state = "failed"
-        self.status.setText(f"Failed: {in_plain_words(message)}")
-        self._settle()
-
-    def note(self, text: str) -> None:
-        self.status.setText(text)
-
-    def cancelling(self) -> None:
-        if self.state in ACTIVE:
-            self.state = "cancelling"
-            self.status.setText(STATES["cancelling"])
-            self.cancel.setEnabled(False)
-
-    def _settle(self) -> None:
-        active = self.state in ACTIVE
+        self.status.setText(_status(job))
+        active = not job.state.ended
         self.cancel.setVisible(active)
-        self.cancel.setEnabled(active and self.state != "cancelling")
-        self.setProperty("state", self.state)
+        self.cancel.setEnabled(active and job.state is not JobPhase.CANCELLING)
+        self.setProperty("state", job.state.value)
         self.style().unpolish(self)  # re-read the stylesheet's [state=...] rules
         self.style().polish(self)
+
+
+def _status(job: Job) -> str:
+    if job.state is JobPhase.GENERATING and job.progress is not None:
+        step = job.progress
+        windows = step.windows or 1
+        window = f", window {step.window}/{windows}" if windows > 1 else ""
+        # The engine's eta covers the current window's denoising: promise nothing for longer jobs.
+        eta = f", about {step.eta:.0f} s of denoising left" if step.eta is not None and windows <= 1 else ""
+        return f"step {step.step}/{step.total}{window}{eta}"
+    if job.state is JobPhase.FINISHED:
+        if job.note:
+            return job.note
+        return f"done: {job.result.frames} frames" if job.result is not None else "done"
+    if job.state is JobPhase.FAILED:
+        return f"Failed: {job.reason}"
+    return WORDS[job.state]
 
 
 class JobList(QWidget):
@@ -140,8 +129,8 @@ class JobList(QWidget):
         self._column.addStretch(1)
         scroll = QScrollArea(self)
         scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self._inner)
         self.clear_button = QPushButton("Clear finished", self)
         self.clear_button.clicked.connect(self.clear_finished)
@@ -154,28 +143,18 @@ class JobList(QWidget):
         layout.addLayout(header)
         layout.addWidget(scroll, 1)
 
-    def add_job(self, job_id: str, title: str, detail: str = "") -> JobRow:
-        row = JobRow(job_id, title, detail, self._inner)
-        row.cancel.clicked.connect(lambda: self._cancel(job_id))
-        self._rows[job_id] = row
+    def add_job(self, job: Job) -> JobRow:
+        row = JobRow(job, self._inner)
+        row.cancel.clicked.connect(lambda: self.cancel_requested.emit(job.id))
+        self._rows[job.id] = row
         self._column.insertWidget(0, row)  # newest on top
         self._empty.hide()
         return row
 
-    def update_job(self, update: JobUpdate) -> None:
-        row = self._rows.get(update.job_id)
+    def show_job(self, job: Job) -> None:
+        row = self._rows.get(job.id)
         if row is not None:
-            row.apply(update)
-
-    def fail_job(self, job_id: str, message: str) -> None:
-        row = self._rows.get(job_id)
-        if row is not None:
-            row.fail(message)
-
-    def note(self, job_id: str, text: str) -> None:
-        row = self._rows.get(job_id)
-        if row is not None:
-            row.note(text)
+            row.show_job(job)
 
     def job_ids(self) -> list[str]:
         """Every job shown, newest first."""
@@ -184,28 +163,9 @@ class JobList(QWidget):
     def row(self, job_id: str) -> JobRow | None:
         return self._rows.get(job_id)
 
-    def state(self, job_id: str) -> str | None:
-        row = self._rows.get(job_id)
-        return row.state if row is not None else None
-
-    def active(self) -> list[str]:
-        """Ids of jobs still running or waiting, newest first."""
-        return [job_id for job_id, row in reversed(self._rows.items()) if row.state in ACTIVE]
-
     def clear_finished(self) -> None:
         for job_id, row in list(self._rows.items()):
-            if row.state not in ACTIVE:
+            if row.state.ended:
                 del self._rows[job_id]
                 row.deleteLater()
         self._empty.setVisible(not self._rows)
-
-    def _cancel(self, job_id: str) -> None:
-        row = self._rows.get(job_id)
-        if row is not None and row.state in ACTIVE:
-            row.cancelling()
-            self.cancel_requested.emit(job_id)
-
-    def cancel_newest(self) -> None:
-        active = self.active()
-        if active:
-            self._cancel(active[0])

@@ -14,19 +14,32 @@ Traps avoided:
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout,
-                               QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSpinBox, QToolButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL
+from magic141 import atomic
 from magic141.plugin.timeline import MODES
+from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL
+
+from .labels import PANEL_LABELS
 
 QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores"}
 MEMORY_PRESETS = {"Full precision": "none", "Balanced (int8 weights)": "int8",
@@ -34,6 +47,7 @@ MEMORY_PRESETS = {"Full precision": "none", "Balanced (int8 weights)": "int8",
 MODE_LABELS = {"insert": "Insert after the clip", "overwrite": "Overwrite what follows",
                "newtrack": "New track above"}
 HISTORY_SIZE = 50
+HISTORY_VERSION = 1  # of prompt_history.json: {"version": HISTORY_VERSION, "prompts": [newest first]}
 MAX_SEED = 2**31 - 1
 
 
@@ -65,12 +79,10 @@ class PromptHistory:
     def add(self, prompt: str) -> None:
         self.items = [prompt] + [p for p in self.items if p != prompt][: HISTORY_SIZE - 1]
         if self.path is not None:
-            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             try:
-                temp.write_text(json.dumps({"version": 1, "prompts": self.items}), encoding="utf-8")
-                os.replace(temp, self.path)
+                atomic.write_json(self.path, {"version": HISTORY_VERSION, "prompts": self.items})
             except OSError:
-                temp.unlink(missing_ok=True)  # history is a convenience: never fail a job for it
+                pass  # history is a convenience: never fail a job for it
 
 
 class PromptPanel(QWidget):
@@ -145,21 +157,21 @@ class PromptPanel(QWidget):
         seed_row.addWidget(self.seed_lock)
         seed_row.addWidget(self.reseed)
         form = QFormLayout()
-        form.setLabelAlignment(Qt.AlignRight)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Seconds", self.seconds)
-        form.addRow("Seed", seed_row)
-        form.addRow("Steps", self.steps)
-        form.addRow("Model", self.model)
-        form.addRow("Quality", self.quality)
-        form.addRow("Memory", self.memory)
-        form.addRow("Place", self.mode)
+        form.addRow(PANEL_LABELS["seconds"], self.seconds)
+        form.addRow(PANEL_LABELS["seed"], seed_row)
+        form.addRow(PANEL_LABELS["steps"], self.steps)
+        form.addRow(PANEL_LABELS["model"], self.model)
+        form.addRow(PANEL_LABELS["codec"], self.quality)
+        form.addRow(PANEL_LABELS["quant"], self.memory)
+        form.addRow(PANEL_LABELS["mode"], self.mode)
         buttons = QHBoxLayout()
         buttons.addWidget(self.extend_button, 1)
         buttons.addWidget(self.generate_button, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Prompt", self))
+        layout.addWidget(QLabel(PANEL_LABELS["prompt"], self))
         layout.addWidget(self.prompt)
         layout.addWidget(self.recent)
         layout.addLayout(form)

@@ -34,7 +34,7 @@ class MessageLine(QLabel):
         super().__init__("", parent)
         self.setObjectName("message")
         self.setWordWrap(True)
-        self.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.level = "info"
 
     def show_message(self, text: str, level: str = "info") -> None:

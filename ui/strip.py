@@ -7,7 +7,7 @@ sizes and cannot drift from the model. It only emits what the user did; ``set_pl
 
 Traps avoided:
 - Frames on the strip are timeline frames at the timeline's exact rate; item ranges come from
-  OTIO as float-rate ``RationalTime`` and are converted through ``rational_rate`` (a 23.976
+  OTIO as float-rate ``RationalTime`` and are converted through ``rate_from_float`` (a 23.976
   timeline stays 24000/1001) before rounding to a frame.
 - The zoom lives on the view instance (fit to width), not in module state.
 """
@@ -17,12 +17,20 @@ from __future__ import annotations
 from fractions import Fraction
 
 import opentimelineio as otio
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QKeyEvent, QMouseEvent, QPainter, QPen, QResizeEvent
-from PySide6.QtWidgets import (QGraphicsItem, QGraphicsLineItem, QGraphicsRectItem, QGraphicsScene,
-                               QGraphicsSimpleTextItem, QGraphicsView, QWidget)
+from PySide6.QtWidgets import (
+    QGraphicsItem,
+    QGraphicsLineItem,
+    QGraphicsRectItem,
+    QGraphicsScene,
+    QGraphicsSimpleTextItem,
+    QGraphicsView,
+    QWidget,
+)
 
 from magic141.plugin import timeline as tl
+from magic141.rational import rate_from_float
 
 HEADER = 64  # track name column, pixels
 RULER = 22
@@ -47,7 +55,7 @@ COLOURS = {
 
 def frames_at(time: otio.opentime.RationalTime, rate: Fraction) -> int:
     """``time`` as a whole number of frames of ``rate`` (exact until the final rounding)."""
-    return round(Fraction(time.value) / tl.rational_rate(time.rate) * rate)
+    return round(Fraction(time.value) / rate_from_float(time.rate) * rate)
 
 
 def span(item: otio.core.Item, rate: Fraction) -> tuple[int, int]:
@@ -66,7 +74,8 @@ class ClipItem(QGraphicsRectItem):
     def __init__(self, clip: otio.schema.Clip, ref: tl.ClipRef | None, rect: QRectF, kind: str) -> None:
         super().__init__(rect)
         self.clip, self.ref, self.kind = clip, ref, kind
-        self.setBrush(QBrush(COLOURS[kind], Qt.SolidPattern if kind != "offline" else Qt.BDiagPattern))
+        pattern = Qt.BrushStyle.BDiagPattern if kind == "offline" else Qt.BrushStyle.SolidPattern
+        self.setBrush(QBrush(COLOURS[kind], pattern))
         self.setPen(QPen(COLOURS[kind].lighter(140), 1))
         self.setToolTip(self._tooltip())
         label = QGraphicsSimpleTextItem(clip.name or "", self)
@@ -75,7 +84,7 @@ class ClipItem(QGraphicsRectItem):
         font.setPointSizeF(8.5)
         label.setFont(font)
         label.setPos(rect.left() + 5, rect.top() + (rect.height() - label.boundingRect().height()) / 2)
-        self.setFlag(QGraphicsItem.ItemClipsChildrenToShape, True)
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemClipsChildrenToShape, True)
 
     @property
     def name(self) -> str:
@@ -106,10 +115,10 @@ class TimelineStrip(QGraphicsView):
         super().__init__(parent)
         self.setObjectName("timelineStrip")
         self.setScene(QGraphicsScene(self))
-        self.setRenderHint(QPainter.Antialiasing, False)
-        self.setAlignment(Qt.AlignLeft | Qt.AlignTop)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.setFocusPolicy(Qt.StrongFocus)
+        self.setRenderHint(QPainter.RenderHint.Antialiasing, False)
+        self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMinimumHeight(RULER + TRACK_HEIGHT + 2 * GAP + 8)
         self._doc: tl.TimelineDoc | None = None
         self._refs: list[tl.ClipRef] = []
@@ -180,7 +189,7 @@ class TimelineStrip(QGraphicsView):
         self._draw_ruler(width)
         for row, track in enumerate(video + audio):
             top = RULER + GAP + row * (TRACK_HEIGHT + GAP)
-            lane = scene.addRect(QRectF(0, top, width, TRACK_HEIGHT), QPen(Qt.NoPen),
+            lane = scene.addRect(QRectF(0, top, width, TRACK_HEIGHT), QPen(Qt.PenStyle.NoPen),
                                  QBrush(COLOURS["track"]))
             lane.setZValue(-1)
             name = scene.addSimpleText(track.name or f"track {row + 1}")
@@ -219,7 +228,8 @@ class TimelineStrip(QGraphicsView):
 
     def _draw_ruler(self, width: float) -> None:
         scene = self.scene()
-        scene.addRect(QRectF(0, 0, width, RULER), QPen(Qt.NoPen), QBrush(COLOURS["ruler"]))
+        scene.addRect(QRectF(0, 0, width, RULER), QPen(Qt.PenStyle.NoPen), QBrush(COLOURS["ruler"]))
+        assert self._doc is not None
         rate = self._doc.rate
         start = self._doc.timeline.global_start_time
         per_second = float(rate) * self._scale()
@@ -239,6 +249,7 @@ class TimelineStrip(QGraphicsView):
             second += every
 
     def _timecode(self, frame: int, start: otio.opentime.RationalTime | None) -> str:
+        assert self._doc is not None
         rate = float(self._doc.rate)
         at = otio.opentime.RationalTime(frame, rate)
         if start is not None:
@@ -262,16 +273,22 @@ class TimelineStrip(QGraphicsView):
         return max(0, min(self._total - 1, int((x - HEADER - MARGIN) / self._scale())))
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        if event.button() != Qt.LeftButton or self._doc is None:
+        if event.button() != Qt.MouseButton.LeftButton or self._doc is None:
             return super().mousePressEvent(event)
         point = self.mapToScene(event.position().toPoint())
-        hit = next((i if isinstance(i, ClipItem) else i.parentItem() for i in self.scene().items(point)
-                    if isinstance(i, ClipItem) or isinstance(i.parentItem(), ClipItem)), None)
+        hit = self._clip_item_at(point)
         if hit is not None and hit.ref is not None and hit.clip is not self._selected:
             self.select(hit.ref)
             self.clip_selected.emit(hit.ref)
         self._dragging = True
         self._user_playhead(self._frame_at(point.x()))
+
+    def _clip_item_at(self, point: QPointF) -> ClipItem | None:
+        for item in self.scene().items(point):
+            owner = item if isinstance(item, ClipItem) else item.parentItem()  # a clip's label: its clip
+            if isinstance(owner, ClipItem):
+                return owner
+        return None
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
         if self._dragging:
@@ -283,15 +300,16 @@ class TimelineStrip(QGraphicsView):
         super().mouseReleaseEvent(event)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
-        steps = {Qt.Key_Left: -1, Qt.Key_Right: 1}
-        if event.key() in steps and self._doc is not None:
-            jump = float(self._doc.rate) if event.modifiers() & Qt.ShiftModifier else 1
-            self._user_playhead(self._playhead + round(steps[event.key()] * jump))
-        elif event.key() in (Qt.Key_Up, Qt.Key_Down) and self._refs:
-            self._step_selection(-1 if event.key() == Qt.Key_Up else 1)
-        elif event.key() == Qt.Key_Home:
+        key = Qt.Key(event.key())
+        steps = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}
+        if key in steps and self._doc is not None:
+            jump = float(self._doc.rate) if event.modifiers() & Qt.KeyboardModifier.ShiftModifier else 1
+            self._user_playhead(self._playhead + round(steps[key] * jump))
+        elif key in (Qt.Key.Key_Up, Qt.Key.Key_Down) and self._refs:
+            self._step_selection(-1 if key == Qt.Key.Key_Up else 1)
+        elif key == Qt.Key.Key_Home:
             self._user_playhead(0)
-        elif event.key() == Qt.Key_End:
+        elif key == Qt.Key.Key_End:
             self._user_playhead(self._total - 1)
         else:
             super().keyPressEvent(event)

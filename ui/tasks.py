@@ -5,8 +5,8 @@ Traps avoided:
   on the UI thread, so its signals are delivered there (queued) whatever thread emits them.
 - PySide may collect a task's Python wrapper while the pool still runs it; the runner keeps every
   task until it has reported.
-- Errors become one line of plain words (``Magic141Error`` messages as they are); a worker thread
-  never raises into Qt, where the exception would be lost.
+- Errors become one line of plain words (``Magic141Error`` messages with their field named as the
+  panel names it); a worker thread never raises into Qt, where the exception would be lost.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 
 from magic141.errors import Magic141Error
 
+from .labels import PANEL_LABELS
+
 
 def plain_error(exc: BaseException) -> str:
-    """One line an editor can read: our own errors as written, anything else named."""
+    """One line an editor can read: our own errors in the panel's words, anything else named."""
     if isinstance(exc, Magic141Error):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = exc.phrase(PANEL_LABELS)
+        return text.splitlines()[0] if text else type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"unexpected {type(exc).__name__}{': ' + text if text else ''}"
 

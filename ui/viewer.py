@@ -15,6 +15,7 @@ Traps avoided:
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from fractions import Fraction
 
@@ -64,7 +65,7 @@ def grab_image(ref: tl.ClipRef, frame: int) -> QImage:
     picture = tl.grab_frame(ref, frame).convert("RGB")
     picture.thumbnail(THUMBNAIL)
     data = picture.tobytes()
-    return QImage(data, picture.width, picture.height, 3 * picture.width, QImage.Format_RGB888).copy()
+    return QImage(data, picture.width, picture.height, 3 * picture.width, QImage.Format.Format_RGB888).copy()
 
 
 class _Picture(QWidget):
@@ -73,7 +74,7 @@ class _Picture(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("framePicture")
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setMinimumSize(160, 90)
         self.image: QImage | None = None
         self.text = ""
@@ -85,15 +86,15 @@ class _Picture(QWidget):
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor("#0e0f11"))
         if self.image is not None and not self.image.isNull():
-            size = self.image.size().scaled(self.size(), Qt.KeepAspectRatio)
+            size = self.image.size().scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio)
             target = QRectF((self.width() - size.width()) / 2, (self.height() - size.height()) / 2,
                             size.width(), size.height())
-            painter.setRenderHint(QPainter.SmoothPixmapTransform)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             painter.drawImage(target, self.image)
         if self.text:
             painter.setPen(QColor("#c9ccd1"))
-            painter.drawText(self.rect().adjusted(12, 12, -12, -12), Qt.AlignCenter | Qt.TextWordWrap,
-                             self.text)
+            painter.drawText(self.rect().adjusted(12, 12, -12, -12),
+                             Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.text)
         painter.end()
 
 
@@ -111,14 +112,14 @@ class FrameViewer(QWidget):
         self.shown_frame: int | None = None  # the frame whose picture is on screen
 
         self.picture = _Picture(self)
-        self.slider = QSlider(Qt.Horizontal, self)
+        self.slider = QSlider(Qt.Orientation.Horizontal, self)
         self.slider.setObjectName("scrubber")
         self.slider.setEnabled(False)
         self.slider.setToolTip("Scrub within the clip (Left/Right: one frame; the frame to extend from)")
         self.slider.valueChanged.connect(self._scrubbed)
         self.position = QLabel("no clip selected", self)
         self.position.setObjectName("framePosition")
-        self.position.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        self.position.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
@@ -193,6 +194,7 @@ class FrameViewer(QWidget):
 
     def _request(self, frame: int) -> None:
         ref = self._ref
+        assert ref is not None  # show_clip and set_frame only ask with a clip shown
         # Frames count from 0 at the clip's first frame, as `magic141 extend --at` counts them.
         self.position.setText(f"{ref.name} · frame {frame} · {self._frames} frames")
         try:
@@ -208,8 +210,8 @@ class FrameViewer(QWidget):
         self._wanted = key
         self._tasks.drop_waiting()  # scrubbing: only the newest request matters
         self._tasks.submit(grab_image, ref, frame,
-                           done=lambda image, key=key, frame=frame: self._arrived(key, frame, image),
-                           failed=lambda message, key=key: self._grab_failed(key, message))
+                           done=functools.partial(self._arrived, key, frame),
+                           failed=functools.partial(self._grab_failed, key))
 
     def _arrived(self, key: tuple[str, Fraction], frame: int, image: QImage) -> None:
         self.cache.put(key, image)

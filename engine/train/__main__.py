@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import ModuleType
 
 from .. import world
 from . import dmd2, export, t2i, teacher, vae
@@ -32,7 +33,7 @@ PHYSICS = "full"  # what the shipped weights learnt (resources/world/README.md)
 DEFAULT = "teacher"  # at this budget it scores better with 4 Euler steps than the DMD2 student (card)
 
 
-def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple[str, object, list[str]]]:
+def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple[str, ModuleType, list[str]]]:
     """(run folder name, stage module, its argv) in the order they must run."""
     vae_run = ["--vae-run", str(runs / "vae")]
     learn = [
@@ -43,7 +44,8 @@ def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple
     if physics == "full":
         suffix, teacher_run, on_world = "-full", "teacher-full", ["--physics", "full"]
         fine_tune = ["--init-run", str(runs / "teacher"), "--lr", str(FULL_TEACHER_LR), *on_world]
-        learn.append((teacher_run, teacher, [*vae_run, "--steps", str(FULL_TEACHER_STEPS), *fine_tune, *threads]))
+        full = [*vae_run, "--steps", str(FULL_TEACHER_STEPS), *fine_tune, *threads]
+        learn.append((teacher_run, teacher, full))
     teacher_from = ["--teacher-run", str(runs / teacher_run), *vae_run]
     distil = ["--iterations", str(DMD2_ITERATIONS), *threads]
     side = ["--iterations", str(DMD2_SIDE_ITERATIONS), *threads]
@@ -52,12 +54,14 @@ def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple
         (f"dmd2-i2v4{suffix}", dmd2, [*teacher_from, "--student-steps", "4", "--task", "i2v", *distil]),
         (f"dmd2-i2v8{suffix}", dmd2, [*teacher_from, "--student-steps", "8", "--task", "i2v", *side]),
         (f"dmd2-t2v4{suffix}", dmd2, [*teacher_from, "--student-steps", "4", "--task", "t2v", *side]),
-        (f"t2i{suffix}", t2i, ["--steps", str(T2I_STEPS), "--vae-steps", str(T2I_VAE_STEPS), *on_world, *threads]),
+        (f"t2i{suffix}", t2i, ["--steps", str(T2I_STEPS), "--vae-steps", str(T2I_VAE_STEPS), *on_world,
+                               *threads]),
     ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m magic141.engine.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m magic141.engine.train",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, required=True, help="folder for the stages' run folders")
     parser.add_argument("--out", type=Path, required=True, help="the exported model folder")
     parser.add_argument("--threads", type=int, help="CPU threads per stage (default: torch's)")

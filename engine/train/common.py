@@ -19,16 +19,22 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from magic141.errors import CheckpointError, InvalidInput
+from magic141 import atomic
+from magic141.errors import CheckpointError
 
 LATEST = "latest.json"
+Batchable = TypeVar("Batchable", np.ndarray, list)
+Modules = dict[str, torch.nn.Module]
+Optimizers = dict[str, torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
@@ -93,9 +99,9 @@ def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0, device=
     return torch.Generator(device).manual_seed(value)
 
 
-def shard(indices: np.ndarray, dist: Dist) -> np.ndarray:
+def shard(items: Batchable, dist: Dist) -> Batchable:
     """This rank's share of a global batch (every rank draws the same global batch, then slices it)."""
-    return indices[dist.rank :: dist.world]
+    return items[dist.rank :: dist.world]
 
 
 # Checkpoints -----------------------------------------------------------------------------------
@@ -132,8 +138,8 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer],
+    modules: Modules,
+    optimizers: Optimizers,
     meta: dict,
     keep: int = 2,
 ) -> Path:
@@ -151,12 +157,11 @@ def save_checkpoint(
         tensors, extra = _optimizer_tensors(optimizer)
         save_file(tensors, partial / f"optim-{name}.safetensors")
         optim_meta[name] = extra
-    (partial / "state.json").write_text(
-        json.dumps({"step": step, "meta": meta, "optim": optim_meta}, indent=1)
-    )
+    state = {"step": step, "meta": meta, "optim": optim_meta}
+    (partial / "state.json").write_text(json.dumps(state, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
-    write_json_atomic(run_dir / LATEST, {"step": step, "folder": folder.name})
+    atomic.write_json(run_dir / LATEST, {"step": step, "folder": folder.name}, indent=1)
     steps = sorted(p for p in run_dir.glob("step-*") if p.is_dir())
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -175,8 +180,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(
     folder: Path,
-    modules: dict[str, torch.nn.Module],
-    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    modules: Modules,
+    optimizers: Optimizers | None = None,
 ) -> dict:
     """Restore modules (and optimisers) from a checkpoint folder; returns its ``state.json``."""
     folder = Path(folder)
@@ -195,28 +200,23 @@ def load_checkpoint(
     return state
 
 
-def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    """The weights of ``name`` in a run's latest checkpoint (for the next stage of training)."""
+def finished_checkpoint(run_dir: Path) -> Path:
+    """The latest checkpoint of a stage that a later stage (or the export) reads: it must have one."""
     folder = latest_checkpoint(run_dir)
     if folder is None:
         raise CheckpointError(f"{run_dir} has no checkpoint (no {LATEST}); train that stage first")
-    return load_file(folder / f"model-{name}.safetensors")
+    return folder
+
+
+def load_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    """The weights of ``name`` in a run's latest checkpoint (for the next stage of training)."""
+    return load_file(finished_checkpoint(run_dir) / f"model-{name}.safetensors")
 
 
 def run_summary(run: Path) -> dict:
     """A run's latest step and the settings it recorded (stage, wall time, device, ...)."""
-    folder = latest_checkpoint(run)
-    if folder is None:
-        raise CheckpointError(f"{run} has no checkpoint (no {LATEST}); train that stage first")
-    state = json.loads((folder / "state.json").read_text())
+    state = json.loads((finished_checkpoint(run) / "state.json").read_text())
     return {"step": state["step"], **state["meta"]}
-
-
-def write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 # Logs ------------------------------------------------------------------------------------------
@@ -250,20 +250,94 @@ def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def check_positive(name: str, value: int) -> int:
-    if value < 1:
-        raise InvalidInput(f"{name} must be at least 1, got {value}")
-    return value
+class Run:
+    """One stage's run: its folder, where it resumes, its log, its checkpoints and what it returns.
+
+    ``steps`` is the schedule's length; the run stops (resumably) after ``stop_at`` if given. A
+    checkpoint is saved every ``checkpoint_every`` steps, at the end, at ``stop_at`` and after each
+    of ``milestones``. ``seed``, ``device``, ``threads``, ``quiet``, ``stop_at`` and
+    ``checkpoint_every`` are what every stage's ``train`` takes as ``**options`` (``stage_parser``
+    reads them from a command line).
+    """
+
+    def __init__(
+        self, run_dir: Path, stage: str, *, steps: int, checkpoint_every: int,
+        milestones: tuple[int, ...] = (), seed: int = 0, device: str | None = None,
+        threads: int | None = None, stop_at: int | None = None, quiet: bool = False,
+    ) -> None:
+        self.dist = setup(device, threads)
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stage, self.total, self.stop_at, self.seed = stage, steps, stop_at, seed
+        self.due = {steps, *milestones} | ({stop_at} if stop_at else set())
+        self.every = checkpoint_every
+        self.latest = latest_checkpoint(self.dir)  # None: a fresh run
+        self.start, self.wall = 0, 0.0
+        self.log = RunLog(self.dir, self.dist, quiet=quiet)
+        self.clock = time.perf_counter()
+
+    def resume(self, modules: Modules, optimizers: Optimizers) -> dict:
+        """Restore ``latest`` (there must be one) and continue after its step; returns its ``state.json``."""
+        assert self.latest is not None
+        state = load_checkpoint(self.latest, modules, optimizers)
+        self.start, self.wall = state["step"], state["meta"]["wall_seconds"]
+        return state
+
+    def steps(self) -> range:
+        """The steps left to run; the wall clock (and the log's) starts now."""
+        self.clock = self.log.started = time.perf_counter()
+        return range(self.start, min(self.total, self.stop_at or self.total))
+
+    def wall_seconds(self) -> float:
+        """Training time over every session of this run (resumes included)."""
+        return self.wall + time.perf_counter() - self.clock
+
+    def averaged(self, **values: float | torch.Tensor) -> dict[str, float]:
+        """Scalars averaged over ranks, for the log."""
+        scalars = {key: float(torch.as_tensor(value).detach()) for key, value in values.items()}
+        return {key: mean_across(value, self.dist) for key, value in scalars.items()}
+
+    def checkpoint(self, done: int, modules: Modules, optimizers: Optimizers, **settings: Any) -> None:
+        """After step ``done``, save a checkpoint if one is due (rank 0), with the settings every stage
+        records (stage, wall time, device, world size, threads, seed) and the stage's ``settings``."""
+        if not self.dist.main or (done % self.every and done not in self.due):
+            return
+        meta = {"stage": self.stage, "wall_seconds": self.wall_seconds(), "device": str(self.dist.device),
+                "world_size": self.dist.world, "threads": torch.get_num_threads(), "seed": self.seed}
+        save_checkpoint(self.dir, done, modules, optimizers, {**meta, **settings})
+
+    def finish(self, values: dict) -> dict:
+        """Leave the process group; the last logged values and the wall time, as ``train`` returns them."""
+        teardown()
+        return {**values, "wall_seconds": self.wall_seconds()}
+
+
+def optimize(loss: torch.Tensor, optimizers: list[torch.optim.Optimizer], parameters, max_norm=1.0) -> None:
+    """One update: gradients of ``loss``, clipped to ``max_norm`` over ``parameters``, applied."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    for optimizer in optimizers:
+        optimizer.step()
+
+
+def set_lr(lr: float, *optimizers: torch.optim.Optimizer) -> None:
+    """The learning rate of every parameter group of ``optimizers`` (a schedule's value for this step)."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
 
 
 def stage_parser(
     module: str, doc: str, *, checkpoint_every: int, renders: bool = False
 ) -> argparse.ArgumentParser:
-    """A training stage's command line, with the options every stage shares (``stage_options``).
+    """A training stage's command line, with the options every stage shares (``Run``'s).
 
     ``renders``: the stage draws its own world clips, so it takes ``--physics``.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m magic141.engine.train.{module}", description=doc.split("\n")[0])
+    prog = f"python -m magic141.engine.train.{module}"
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument(
         "--run-dir", type=Path, required=True, help="run folder: checkpoints, log.jsonl (resumed if present)"
     )
@@ -283,7 +357,7 @@ def stage_parser(
     return parser
 
 
-def stage_options(args: argparse.Namespace) -> dict:
-    """The shared options of ``stage_parser`` as keyword arguments of a stage's ``train``."""
-    keys = ("seed", "device", "threads", "checkpoint_every", "stop_at", "physics")
-    return {key: getattr(args, key) for key in keys if hasattr(args, key)}
+def run_cli(parser: argparse.ArgumentParser, function: Callable[..., object], argv: list[str] | None) -> int:
+    """Parse a stage's command line and print what ``function`` returns (options named as its arguments)."""
+    print(function(**vars(parser.parse_args(argv))))
+    return 0

@@ -15,82 +15,47 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import torch
-from diffusers import AutoencoderKL, AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLHunyuanVideo,
+    FluxTransformer2DModel,
+    HunyuanVideoTransformer3DModel,
+)
+
+from .. import tiny
 
 HEIGHT = 32
 WIDTH = 48
 FPS = Fraction(24)
 WINDOW_FRAMES = 25  # one second at 24 fps, 4k+1 for the causal VAE: 7 latent frames
-LATENT_CHANNELS = 16
-VAE_SPATIAL = 8
-VAE_TEMPORAL = 4
 
-VAE_CONFIG = dict(
-    latent_channels=LATENT_CHANNELS,
-    block_out_channels=(8, 16, 32, 32),
-    layers_per_block=1,
-    norm_num_groups=4,
-    spatial_compression_ratio=VAE_SPATIAL,
-    temporal_compression_ratio=VAE_TEMPORAL,
+VAE_CONFIG = tiny.video_vae_config(block_out_channels=(8, 16, 32, 32))
+DIT_CONFIG = tiny.dit_config(
+    num_attention_heads=3, attention_head_dim=32, rope_axes_dim=(8, 12, 12), num_layers=2, patch_size=1
 )
-
-DIT_CONFIG = dict(
-    in_channels=2 * LATENT_CHANNELS + 1,  # noisy latents + condition latents + mask: 33 like the real one
-    out_channels=LATENT_CHANNELS,
-    num_attention_heads=3,
-    attention_head_dim=32,
-    num_layers=2,
-    num_single_layers=2,
-    num_refiner_layers=1,
-    mlp_ratio=4.0,
-    patch_size=1,
-    patch_size_t=1,
-    guidance_embeds=False,
-    text_embed_dim=32,  # the tiny LLaVA's hidden size
-    pooled_projection_dim=16,  # the tiny CLIP's
-    rope_axes_dim=(8, 12, 12),
-    image_condition_type="latent_concat",
-)
-
-T2I_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(16, 32, 32, 32),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=HEIGHT,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
+T2I_VAE_CONFIG = tiny.image_vae_config(block_out_channels=(16, 32, 32, 32), sample_size=HEIGHT)
+T2I_CONFIG = tiny.flux_config(num_layers=2, num_single_layers=2, num_attention_heads=4)
 
 
 def build_vae(seed: int = 0) -> AutoencoderKLHunyuanVideo:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoencoderKLHunyuanVideo(**VAE_CONFIG)
+    return tiny.build(AutoencoderKLHunyuanVideo, VAE_CONFIG, seed)
 
 
-def build_dit(seed: int = 0, **overrides) -> HunyuanVideoTransformer3DModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return HunyuanVideoTransformer3DModel(**{**DIT_CONFIG, **overrides})
+def build_dit(seed: int = 0) -> HunyuanVideoTransformer3DModel:
+    return tiny.build(HunyuanVideoTransformer3DModel, DIT_CONFIG, seed)
 
 
 def build_t2i_vae(seed: int = 0) -> AutoencoderKL:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoencoderKL(**T2I_VAE_CONFIG)
+    return tiny.build(AutoencoderKL, T2I_VAE_CONFIG, seed)
+
+
+def build_t2i_transformer(seed: int = 0) -> FluxTransformer2DModel:
+    return tiny.build(FluxTransformer2DModel, T2I_CONFIG, seed)
 
 
 def frozen_text_components() -> dict:
     """The tiny model's text encoders, tokenizers and image processor (seed 0), frozen."""
-    from ..tiny import build_tiny_components
-
-    parts = build_tiny_components(seed=0)
+    parts = tiny.build_tiny_components(seed=0)
     keep = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_processor", "scheduler")
     parts = {name: parts[name] for name in keep}
     for name in ("text_encoder", "text_encoder_2"):

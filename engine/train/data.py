@@ -15,6 +15,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from magic141 import atomic
+
 from .. import world
 from .components import FPS, HEIGHT, WIDTH
 
@@ -45,7 +47,7 @@ def render_clips(
     for state in states:
         pixels = world.render(state, frames, height, width)
         videos.append(torch.from_numpy(pixels))
-        bg = world.backgrounds(state, world.frame_times(frames), height, width) * 255
+        bg: np.ndarray = world.backgrounds(state, world.frame_times(frames), height, width) * 255
         on_object = np.abs(pixels.astype(np.float64) - bg).max(-1) > 8
         weights.append(torch.from_numpy(1 + OBJECT_WEIGHT * on_object.astype(np.float32)))
     video = torch.stack(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
@@ -222,21 +224,12 @@ class LatentPool:
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        from .common import write_json_atomic
-
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".pool.safetensors.tmp"
-        save_file({k: getattr(self, k).contiguous() for k in self._TENSORS}, tmp)
-        tmp.replace(folder / "pool.safetensors")
-        write_json_atomic(
-            folder / "pool.json",
-            {
-                "captions": self.captions,
-                "states": self.states,
-                "scaling_factor": self.scaling_factor,
-                "physics": self.physics,
-            },
-        )
+        with atomic.replacing(folder / "pool.safetensors") as temp:
+            save_file({k: getattr(self, k).contiguous() for k in self._TENSORS}, temp)
+        meta = {"captions": self.captions, "states": self.states, "scaling_factor": self.scaling_factor,
+                "physics": self.physics}
+        atomic.write_json(folder / "pool.json", meta, indent=1)  # written last: the pool is complete
 
     @classmethod
     def load(cls, folder: Path) -> LatentPool:

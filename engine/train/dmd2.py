@@ -28,8 +28,8 @@ conditions are decoded and scored (``evaluate.py``) into ``log.jsonl``: the conv
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ class FakeScore(torch.nn.Module):
         v = velocity(self.dit, x_t, sigma, batch)
         if not with_logit:
             return v, None
+        assert self._features is not None  # set by the hook during the forward above
         return v, self.head(self._features[:, None])
 
 
@@ -98,7 +99,7 @@ def student_inputs(student, batch: Batch, steps: int, shift: float, noise: torch
     sigmas = schedule(steps, shift)
     x = noise
     with torch.no_grad():
-        for s, s_next in zip(sigmas[:k], sigmas[1 : k + 1]):
+        for s, s_next in zip(sigmas[:k], sigmas[1 : k + 1], strict=True):
             x = x + (s_next - s) * velocity(student, x, torch.full((x.shape[0],), s, device=x.device), batch)
     return x, sigmas[k]
 
@@ -114,33 +115,16 @@ def dm_sigmas(generator: torch.Generator, n: int, device) -> torch.Tensor:
 
 
 def train(
-    run_dir: Path,
-    teacher_run: Path,
-    vae_run: Path,
-    *,
-    iterations: int,
-    student_steps: int = 4,
-    task: str = "i2v",
-    batch: int = 8,
-    lr: float = 2e-5,
-    fake_lr: float = 1e-4,
-    fake_updates: int = 2,
-    gan_weight: float = 0.02,
-    shift: float = 5.0,
-    seed: int = 0,
-    eval_every: int = 50,
-    eval_clips: int = 32,
-    device: str | None = None,
-    threads: int | None = None,
-    checkpoint_every: int = 100,
-    quiet: bool = False,
-    stop_at: int | None = None,
+    run_dir: Path, teacher_run: Path, vae_run: Path, *, iterations: int, student_steps: int = 4,
+    task: str = "i2v", batch: int = 8, lr: float = 2e-5, fake_lr: float = 1e-4, fake_updates: int = 2,
+    gan_weight: float = 0.02, shift: float = 5.0, eval_every: int = 50, eval_clips: int = 32,
+    checkpoint_every: int = 100, **options: Any,
 ) -> dict:
+    """Distil for ``iterations``; ``options`` are ``common.Run``'s (seed, device, threads, ...)."""
     if task not in TASK_MODES:
         raise ValueError(f"task must be one of {', '.join(TASK_MODES)}, got {task!r}")
-    dist = common.setup(device, threads)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = common.Run(run_dir, "dmd2", steps=iterations, checkpoint_every=checkpoint_every, **options)
+    dist, seed = run.dist, run.seed
     text = trained_text_components(teacher_run)
     pool = refresh_pooled(LatentPool.load(Path(teacher_run) / "pool"), text)
     teacher = build_dit()
@@ -150,22 +134,18 @@ def train(
     fake = FakeScore(copy.deepcopy(teacher).train().requires_grad_(True)).to(dist.device)
     opt_g = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.0, 0.99))
     opt_f = torch.optim.AdamW(fake.parameters(), lr=fake_lr, weight_decay=0.0, betas=(0.0, 0.99))
-    start, wall = 0, 0.0
-    if (folder := common.latest_checkpoint(run_dir)) is not None:
-        state = common.load_checkpoint(
-            folder, {"student": student, "fake": fake}, {"student": opt_g, "fake": opt_f}
-        )
-        start, wall = state["step"], state["meta"]["wall_seconds"]
+    modules, optimizers = {"student": student, "fake": fake}, {"student": opt_g, "fake": opt_f}
+    if run.latest is not None:
+        run.resume(modules, optimizers)
     g_model, f_model = common.wrap(student, dist), common.wrap(fake, dist)
     vae = load_trained_vae(vae_run, dist.device) if eval_every else None
-    held_out = _eval_pool(run_dir, vae, pool, text, seed, eval_clips, dist) if eval_every else None
-    log = common.RunLog(run_dir, dist, quiet=quiet)
+    held_out = _eval_pool(run.dir, vae, pool, text, seed, eval_clips, dist) if eval_every else None
     weights = TASK_MODES[task]
-    clock = time.perf_counter()
+    steps = run.steps()
     values: dict = {}
-    if eval_every and start == 0 and dist.main:
-        log(0, **_evaluate(student, vae, held_out, task, student_steps, shift, seed))
-    for step in range(start, min(iterations, stop_at or iterations)):
+    if eval_every and run.start == 0 and dist.main:
+        run.log(0, **_evaluate(student, vae, held_out, task, student_steps, shift, seed))
+    for step in steps:
         rng = common.step_rng(seed, step)
         gen = common.step_generator(seed, step, dist.rank)
         rows = common.shard(rng.integers(len(pool), size=batch), dist)
@@ -197,11 +177,7 @@ def train(
         _, logit = fake(noised(x0, gan_sigma, noise_like(x0, gen)), gan_sigma, data, with_logit=True)
         fake.requires_grad_(True)
         g_gan = F.softplus(-logit).mean()
-        g_loss = dm_loss + gan_weight * g_gan
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt_g.step()
+        common.optimize(dm_loss + gan_weight * g_gan, [opt_g], student.parameters())
 
         # 4. Fake score (flow matching on the student's clips) and the head (real vs student), in one
         #    forward over [student clips for flow matching, noised real clips, noised student clips]:
@@ -224,46 +200,19 @@ def train(
             v, logits = f_model(inputs, torch.cat([fm_sigma, d_sigma, d_sigma]), triple, with_logit=True)
             f_fm = (v[:n] - (fm_noise - sample)).pow(2).mean()
             d_loss = F.softplus(-logits[n : 2 * n]).mean() + F.softplus(logits[2 * n :]).mean()
-            f_loss = f_fm + gan_weight * d_loss
-            opt_f.zero_grad(set_to_none=True)
-            f_loss.backward()
-            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
-            opt_f.step()
+            common.optimize(f_fm + gan_weight * d_loss, [opt_f], fake.parameters())
 
-        values = {
-            "dm": common.mean_across(float(dm_loss.detach()), dist),
-            "g_gan": common.mean_across(float(g_gan.detach()), dist),
-            "fake_fm": common.mean_across(float(f_fm.detach()), dist),
-            "d": common.mean_across(float(d_loss.detach()), dist),
-        }
+        values = run.averaged(dm=dm_loss, g_gan=g_gan, fake_fm=f_fm, d=d_loss)
         done = step + 1
         if eval_every and done % eval_every == 0 and dist.main:
             values.update(_evaluate(student, vae, held_out, task, student_steps, shift, seed))
-        log(done, **values)
-        if dist.main and (done % checkpoint_every == 0 or done in (iterations, stop_at)):
-            meta = {
-                "stage": "dmd2",
-                "task": task,
-                "student_steps": student_steps,
-                "wall_seconds": wall + time.perf_counter() - clock,
-                "device": str(dist.device),
-                "world_size": dist.world,
-                "threads": torch.get_num_threads(),
-                "batch": batch,
-                "lr": lr,
-                "fake_lr": fake_lr,
-                "fake_updates": fake_updates,
-                "gan_weight": gan_weight,
-                "shift": shift,
-                "seed": seed,
-                "iterations": iterations,
-                "physics": pool.physics,
-            }
-            common.save_checkpoint(
-                run_dir, done, {"student": student, "fake": fake}, {"student": opt_g, "fake": opt_f}, meta
-            )
-    common.teardown()
-    return {**values, "wall_seconds": wall + time.perf_counter() - clock}
+        run.log(done, **values)
+        run.checkpoint(
+            done, modules, optimizers, task=task, student_steps=student_steps, batch=batch, lr=lr,
+            fake_lr=fake_lr, fake_updates=fake_updates, gan_weight=gan_weight, shift=shift,
+            iterations=iterations, physics=pool.physics,
+        )
+    return run.finish(values)
 
 
 def _eval_pool(run_dir: Path, vae, pool: LatentPool, text: dict, seed: int, count: int, dist) -> LatentPool:
@@ -310,26 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gan-weight", type=float, default=0.02)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-clips", type=int, default=32)
-    args = parser.parse_args(argv)
-    print(
-        train(
-            args.run_dir,
-            args.teacher_run,
-            args.vae_run,
-            iterations=args.iterations,
-            student_steps=args.student_steps,
-            task=args.task,
-            batch=args.batch,
-            lr=args.lr,
-            fake_lr=args.fake_lr,
-            fake_updates=args.fake_updates,
-            gan_weight=args.gan_weight,
-            eval_every=args.eval_every,
-            eval_clips=args.eval_clips,
-            **common.stage_options(args),
-        )
-    )
-    return 0
+    return common.run_cli(parser, train, argv)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class TaskScores:
 
 def score_i2v(frames: np.ndarray, pool: LatentPool, rows) -> TaskScores:
     per_clip = []
-    for clip, row in zip(frames, rows):
+    for clip, row in zip(frames, rows, strict=True):
         row = int(row)
         state = state_from_json(pool.states[row])
         prompt = pool.captions[int(pool.caption_index[row])]
@@ -59,7 +59,7 @@ def score_i2v(frames: np.ndarray, pool: LatentPool, rows) -> TaskScores:
 
 def score_t2v(frames: np.ndarray, pool: LatentPool, rows) -> TaskScores:
     per_clip = [scores.score_prompt(clip, pool.captions[int(pool.caption_index[int(row)])])
-                for clip, row in zip(frames, rows)]
+                for clip, row in zip(frames, rows, strict=True)]
     return _summary(per_clip, i2v=False)
 
 

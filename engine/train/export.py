@@ -10,7 +10,8 @@ like any other (``--model world`` names it), with:
   ``--default teacher`` the teacher with 4 Euler steps (whichever ``magic141 eval`` scores better);
   ``magic141.json`` says which;
 * ``variants/transformer_{teacher,4step,8step}/``: the teacher (EMA) and the 4- and 8-step students,
-  but not the one in ``transformer/``, for ``magic141 eval``; the pipeline loader ignores folders it is not told of;
+  but not the one in ``transformer/``, for ``magic141 eval``; the pipeline loader ignores folders it is
+  not told of;
 * ``t2i/``: the text-to-image ``FluxPipeline`` for first frames;
 * ``training.json``: what each stage ran (steps, wall time, device, physics), read by the model card;
   a teacher fine-tuned from another run (``--init-run``) brings that run's record too (``teacher_init``).
@@ -35,6 +36,7 @@ from .components import (
     WIDTH,
     WINDOW_FRAMES,
     build_dit,
+    build_t2i_transformer,
     build_t2i_vae,
     build_vae,
 )
@@ -82,7 +84,7 @@ def export(
 ) -> Path:
     if default not in DEFAULTS:
         raise ValueError(f"default must be one of {', '.join(DEFAULTS)}, got {default!r}")
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, HunyuanVideoImageToVideoPipeline
+    from diffusers import FluxPipeline, HunyuanVideoImageToVideoPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -97,19 +99,12 @@ def export(
     vae.load_state_dict(common.load_weights(vae_run, "vae"))
     vae.register_to_config(scaling_factor=pool.scaling_factor)
     text = trained_text_components(teacher_run)
-    pipe = HunyuanVideoImageToVideoPipeline(
-        transformer=_dit_from(student_run, "student") if default == "dmd2" else _dit_from(teacher_run, "ema"),
-        vae=vae.eval(),
-        text_encoder=text["text_encoder"],
-        tokenizer=text["tokenizer"],
-        text_encoder_2=text["text_encoder_2"],
-        tokenizer_2=text["tokenizer_2"],
-        image_processor=text["image_processor"],
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
-    )
+    dit = _dit_from(student_run, "student") if default == "dmd2" else _dit_from(teacher_run, "ema")
+    pipe = HunyuanVideoImageToVideoPipeline(**text, transformer=dit, vae=vae.eval())  # text: + the scheduler
     _cast(*(c for c in pipe.components.values() if isinstance(c, torch.nn.Module)))
     pipe.save_pretrained(staging, safe_serialization=True)
-    (staging / "magic141.json").write_text(json.dumps({**SIDECAR, "default_transformer": default}, indent=1) + "\n")
+    sidecar = {**SIDECAR, "default_transformer": default}
+    (staging / "magic141.json").write_text(json.dumps(sidecar, indent=1) + "\n")
     variants = staging / "variants"
     if default != "teacher":  # no second copy of the DiT that transformer/ holds
         _save_dit(_dit_from(teacher_run, "ema"), variants / "transformer_teacher")
@@ -124,10 +119,10 @@ def export(
         _save_dit(_dit_from(student8_run, "student"), variants / "transformer_8step")
         training["dmd2_8step"] = common.run_summary(student8_run)
     if t2i_run is not None:
-        from .t2i import build_t2i_transformer, frozen_t2i_text
+        from .t2i import frozen_t2i_text
 
         flux = frozen_t2i_text()
-        folder = common.latest_checkpoint(t2i_run)
+        folder = common.finished_checkpoint(t2i_run)
         if (folder / "model-clip.safetensors").is_file():  # CLIP trained along with the transformer
             flux.text_encoder.load_state_dict(common.load_weights(t2i_run, "clip"))
         t2i_vae = build_t2i_vae()
@@ -136,15 +131,7 @@ def export(
         t2i_vae.register_to_config(**summary["vae_factors"])
         transformer = build_t2i_transformer()
         transformer.load_state_dict(common.load_weights(t2i_run, "transformer"))
-        t2i = FluxPipeline(
-            scheduler=flux.scheduler,
-            vae=t2i_vae.eval(),
-            text_encoder=flux.text_encoder,
-            tokenizer=flux.tokenizer,
-            text_encoder_2=flux.text_encoder_2,
-            tokenizer_2=flux.tokenizer_2,
-            transformer=transformer.eval(),
-        )
+        t2i = FluxPipeline(**{**flux.components, "vae": t2i_vae.eval(), "transformer": transformer.eval()})
         _cast(*(c for c in t2i.components.values() if isinstance(c, torch.nn.Module)))
         t2i.save_pretrained(staging / "t2i", safe_serialization=True)
         training["t2i"] = summary
@@ -162,31 +149,17 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m magic141.engine.train.export", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m magic141.engine.train.export", 
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--vae-run", type=Path, required=True)
     parser.add_argument("--teacher-run", type=Path, required=True)
-    parser.add_argument(
-        "--student-run", type=Path, required=True, help="the 4-step DMD2 run"
-    )
+    parser.add_argument("--student-run", type=Path, required=True, help="the 4-step DMD2 run")
     parser.add_argument("--student8-run", type=Path)
     parser.add_argument("--t2i-run", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--default", choices=DEFAULTS, default="dmd2", help="the DiT in transformer/ (see above)")
-    args = parser.parse_args(argv)
-    print(
-        export(
-            args.out,
-            vae_run=args.vae_run,
-            teacher_run=args.teacher_run,
-            student_run=args.student_run,
-            student8_run=args.student8_run,
-            t2i_run=args.t2i_run,
-            default=args.default,
-        )
-    )
-    return 0
+    parser.add_argument("--default", choices=DEFAULTS, default="dmd2",
+                        help="the DiT in transformer/ (see above)")
+    return common.run_cli(parser, export, argv)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ class Batch:
         return self.x0.shape[0]
 
 
-def make_batch(pool: LatentPool, index: np.ndarray, modes: list[str], *, stale_captions: bool = True) -> Batch:
+def make_batch(
+    pool: LatentPool, index: np.ndarray, modes: list[str], *, stale_captions: bool = True
+) -> Batch:
     """Rows ``index`` of the pool, each conditioned as its mode says.
 
     ``stale_captions=False`` prompts continuations with their own clip's caption instead of an
@@ -75,7 +77,7 @@ def make_batch(pool: LatentPool, index: np.ndarray, modes: list[str], *, stale_c
     mask = torch.zeros((len(index), 1, *x0.shape[2:]))
     n_img = pool.image_tokens.shape[1]
     embeds, masks, pooled, captions = [], [], [], []
-    for row, (i, mode) in enumerate(zip(index_t.tolist(), modes)):
+    for row, (i, mode) in enumerate(zip(index_t.tolist(), modes, strict=True)):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         stale = mode == "continue" and stale_captions
@@ -208,7 +210,7 @@ def euler_sample(dit, batch: Batch, steps: int, shift: float, noise: torch.Tenso
     """``steps`` Euler steps from ``noise`` (the pipeline's sampler, batched): clean latents."""
     sigmas = schedule(steps, shift)
     x = noise
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         sigma = torch.full((x.shape[0],), s, device=x.device)
         x = x + (s_next - s) * velocity(dit, x, sigma, batch)
     return x
@@ -226,5 +228,5 @@ class EMA:
     @torch.no_grad()
     def update(self, module: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for avg, live in zip(self.module.parameters(), module.parameters()):
+        for avg, live in zip(self.module.parameters(), module.parameters(), strict=True):
             avg.lerp_(live.detach(), 1 - decay)

@@ -1,6 +1,7 @@
 """Tables for the model card from what the runs recorded (nothing here re-measures anything).
 
-    python -m magic141.engine.train.report --model resources/world --i2v-run runs/dmd2-i2v4 --t2v-run runs/dmd2-t2v4
+    python -m magic141.engine.train.report --model resources/world \\
+        --i2v-run runs/dmd2-i2v4 --t2v-run runs/dmd2-t2v4
 
 * compute: each stage's steps, batch, wall time, device and threads, from ``training.json``;
 * convergence (the paper's Figure 5 at toy scale): the held-out score of the image-to-video and the
@@ -73,7 +74,8 @@ def convergence_table(i2v_run: Path, t2v_run: Path, key: str = "eval_valid") -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m magic141.engine.train.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m magic141.engine.train.report",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the exported model folder")
     parser.add_argument("--i2v-run", type=Path, required=True)
     parser.add_argument("--t2v-run", type=Path, required=True)

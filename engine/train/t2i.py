@@ -16,40 +16,21 @@ that ``t2i.generate_first_frame`` uses for schnell-like pipelines, in training a
 
 from __future__ import annotations
 
-import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers import FluxPipeline
 
 from .. import world
 from . import common
-from .components import FPS, HEIGHT, WIDTH, WINDOW_FRAMES, build_t2i_vae
+from .components import FPS, HEIGHT, WIDTH, WINDOW_FRAMES, build_t2i_transformer, build_t2i_vae
 from .flow import sample_training_sigmas
 from .vae import lr_at
 
 MAX_SEQUENCE_LENGTH = 256
-T2I_CONFIG = dict(
-    patch_size=1,
-    in_channels=16,
-    num_layers=2,
-    num_single_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=4,
-    joint_attention_dim=32,
-    pooled_projection_dim=32,
-    guidance_embeds=False,
-    axes_dims_rope=(4, 6, 6),
-)
-
-
-def build_t2i_transformer(seed: int = 0) -> FluxTransformer2DModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return FluxTransformer2DModel(**T2I_CONFIG)
-
 
 def frozen_t2i_text() -> FluxPipeline:
     """The tiny FLUX pipeline; only its text encoders, tokenizers and scheduler are used."""
@@ -74,7 +55,8 @@ def render_images(
 
 class PromptCache:
     def __init__(self, pipe: FluxPipeline, device) -> None:
-        self.pipe, self.device, self.cache = pipe, device, {}
+        self.pipe, self.device = pipe, device
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -100,14 +82,8 @@ def packed_latents(vae, images: torch.Tensor) -> torch.Tensor:
 def flux_velocity(transformer, x_t, sigma, embeds, pooled, text_ids, image_ids) -> torch.Tensor:
     """The transformer called as ``FluxPipeline.__call__`` calls it (timestep as sigma, no guidance)."""
     return transformer(
-        hidden_states=x_t,
-        timestep=sigma,
-        guidance=None,
-        pooled_projections=pooled,
-        encoder_hidden_states=embeds,
-        txt_ids=text_ids,
-        img_ids=image_ids,
-        return_dict=False,
+        hidden_states=x_t, timestep=sigma, guidance=None, pooled_projections=pooled,
+        encoder_hidden_states=embeds, txt_ids=text_ids, img_ids=image_ids, return_dict=False,
     )[0]
 
 
@@ -130,7 +106,8 @@ class FluxWithText(torch.nn.Module):
 
 def clip_ids(pipe: FluxPipeline, prompts: list[str]) -> torch.Tensor:
     return pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
+        prompts, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True,
+        return_tensors="pt",
     ).input_ids
 
 
@@ -147,25 +124,14 @@ def calibrate(vae, seed: int, physics: str, count: int = 256) -> None:
 
 
 def train(
-    run_dir: Path,
-    *,
-    steps: int,
-    vae_steps: int = 1500,
-    batch: int = 32,
-    lr: float = 5e-4,
-    vae_lr: float = 1e-3,
-    seed: int = 0,
-    physics: str = "basic",
-    device: str | None = None,
-    threads: int | None = None,
-    checkpoint_every: int = 250,
-    quiet: bool = False,
-    stop_at: int | None = None,
+    run_dir: Path, *, steps: int, vae_steps: int = 1500, batch: int = 32, lr: float = 5e-4,
+    vae_lr: float = 1e-3, physics: str = "basic", checkpoint_every: int = 250, **options: Any,
 ) -> dict:
-    """``vae_steps`` of the image VAE, then the transformer up to ``steps`` in all."""
-    dist = common.setup(device, threads)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """``vae_steps`` of the image VAE, then the transformer up to ``steps`` in all; ``options`` are
+    ``common.Run``'s (seed, device, threads, ...)."""
+    run = common.Run(run_dir, "t2i", steps=steps, checkpoint_every=checkpoint_every, milestones=(vae_steps,),
+                     **options)
+    dist, seed = run.dist, run.seed
     vae = build_t2i_vae(seed).to(dist.device)
     transformer = build_t2i_transformer(seed).to(dist.device)
     flux = frozen_t2i_text().to(dist.device)
@@ -173,40 +139,33 @@ def train(
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=vae_lr, weight_decay=0.0)
     dit_opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     clip_opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.0)
-    start, wall = 0, 0.0
     modules = {"vae": vae, "transformer": transformer, "clip": clip}
     optims = {"vae": vae_opt, "transformer": dit_opt, "clip": clip_opt}
-    if (folder := common.latest_checkpoint(run_dir)) is not None:
+    if run.latest is not None:
         # runs saved before CLIP was trained along have no clip weights: it starts from its seed then
-        present = {k: v for k, v in modules.items() if (folder / f"model-{k}.safetensors").is_file()}
-        state = common.load_checkpoint(folder, present, {k: optims[k] for k in present})
-        start, wall = state["step"], state["meta"]["wall_seconds"]
+        present = {k: v for k, v in modules.items() if (run.latest / f"model-{k}.safetensors").is_file()}
+        state = run.resume(present, {k: optims[k] for k in present})
         vae.register_to_config(**state["meta"]["vae_factors"])
     text = PromptCache(flux, dist.device)
     vae_model = common.wrap(_VAELoss(vae), dist)
     dit_model = common.wrap(FluxWithText(transformer, clip), dist)
-    log = common.RunLog(run_dir, dist, quiet=quiet)
     per_rank = max(1, batch // dist.world)
     image_ids = image_ids_for(dist.device)
-    clock = time.perf_counter()
     values: dict = {}
-    for step in range(start, min(steps, stop_at or steps)):
-        rng = common.step_rng(seed, step, dist.rank)
-        images, prompts = render_images(rng, per_rank, physics)
+    for step in run.steps():
+        images, prompts = render_images(common.step_rng(seed, step, dist.rank), per_rank, physics)
         images = images.to(dist.device)
         generator = common.step_generator(seed, step, dist.rank)
         if step < vae_steps:
             vae.train()
-            for group in vae_opt.param_groups:
-                group["lr"] = lr_at(step, vae_steps, vae_lr)
+            common.set_lr(lr_at(step, vae_steps, vae_lr), vae_opt)
             loss = vae_model(images)
-            optimizer, params = vae_opt, vae.parameters()
+            chosen, params = [vae_opt], vae.parameters()
         else:
             vae.eval().requires_grad_(False)
             if step == vae_steps:  # once, before the first transformer step; resumed runs read it back
                 calibrate(vae, seed, physics)
-            for group in [*dit_opt.param_groups, *clip_opt.param_groups]:
-                group["lr"] = lr_at(step - vae_steps, steps - vae_steps, lr, warmup=100)
+            common.set_lr(lr_at(step - vae_steps, steps - vae_steps, lr, warmup=100), dit_opt, clip_opt)
             with torch.no_grad():
                 x0 = packed_latents(vae, images)
             embeds, _, text_ids = text(prompts)
@@ -217,40 +176,15 @@ def train(
             ids = clip_ids(flux, prompts).to(dist.device)
             pred = dit_model(x_t, sigma, embeds, ids, text_ids, image_ids)
             loss = (pred - (noise - x0)).pow(2).mean()
-            optimizer, params = None, [*transformer.parameters(), *clip.parameters()]
-        chosen = [optimizer] if optimizer is not None else [dit_opt, clip_opt]
-        for opt in chosen:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for opt in chosen:
-            opt.step()
-        phase = "vae_loss" if step < vae_steps else "loss"
-        values = {phase: common.mean_across(float(loss.detach()), dist)}
-        log(step + 1, **values)
-        done = step + 1
-        if dist.main and (done % checkpoint_every == 0 or done in (steps, vae_steps, stop_at)):
-            meta = {
-                "stage": "t2i",
-                "wall_seconds": wall + time.perf_counter() - clock,
-                "device": str(dist.device),
-                "world_size": dist.world,
-                "threads": torch.get_num_threads(),
-                "batch": batch,
-                "lr": lr,
-                "vae_lr": vae_lr,
-                "seed": seed,
-                "steps": steps,
-                "vae_steps": vae_steps,
-                "physics": physics,
-                "vae_factors": {
-                    "shift_factor": float(vae.config.shift_factor or 0.0),
-                    "scaling_factor": float(vae.config.scaling_factor),
-                },
-            }
-            common.save_checkpoint(run_dir, done, modules, optims, meta)
-    common.teardown()
-    return {**values, "wall_seconds": wall + time.perf_counter() - clock}
+            chosen, params = [dit_opt, clip_opt], [*transformer.parameters(), *clip.parameters()]
+        common.optimize(loss, chosen, params)
+        values = run.averaged(**{"vae_loss" if step < vae_steps else "loss": loss})
+        run.log(step + 1, **values)
+        factors = {"shift_factor": float(vae.config.shift_factor or 0.0),
+                   "scaling_factor": float(vae.config.scaling_factor)}
+        run.checkpoint(step + 1, modules, optims, batch=batch, lr=lr, vae_lr=vae_lr, steps=steps,
+                       vae_steps=vae_steps, physics=physics, vae_factors=factors)
+    return run.finish(values)
 
 
 class _VAELoss(torch.nn.Module):
@@ -276,18 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
-    args = parser.parse_args(argv)
-    print(
-        train(
-            args.run_dir,
-            steps=args.steps,
-            vae_steps=args.vae_steps,
-            batch=args.batch,
-            lr=args.lr,
-            **common.stage_options(args),
-        )
-    )
-    return 0
+    return common.run_cli(parser, train, argv)
 
 
 if __name__ == "__main__":

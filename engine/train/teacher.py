@@ -16,16 +16,16 @@ with that run's latent scaling: the full recipe learns the basic world first, th
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from magic141.errors import CheckpointError
-from . import common
+
+from . import common, flow
 from .components import build_dit, build_vae, frozen_text_components
 from .data import CaptionPooler, LatentPool, build_pool
-from . import flow
 from .flow import EMA, TextConditionedDiT, draw_modes, fm_loss, make_batch
 from .vae import lr_at
 
@@ -74,95 +74,54 @@ def ensure_pool(
 
 
 def train(
-    run_dir: Path,
-    vae_run: Path,
-    *,
-    steps: int,
-    batch: int = 16,
-    lr: float = 5e-4,
-    pool_size: int = 4096,
-    frames: int = 25,
-    seed: int = 0,
-    ema_decay: float = 0.999,
-    warmup: int = 100,
-    object_weight: float = 4.0,
-    stale_captions: bool = False,
-    physics: str = "basic",
-    init_run: Path | None = None,
-    device: str | None = None,
-    threads: int | None = None,
-    checkpoint_every: int = 250,
-    quiet: bool = False,
-    stop_at: int | None = None,
+    run_dir: Path, vae_run: Path, *, steps: int, batch: int = 16, lr: float = 5e-4, pool_size: int = 4096,
+    frames: int = 25, ema_decay: float = 0.999, warmup: int = 100, object_weight: float = 4.0,
+    stale_captions: bool = False, physics: str = "basic", init_run: Path | None = None,
+    checkpoint_every: int = 250, **options: Any,
 ) -> dict:
-    dist = common.setup(device, threads)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) to ``steps``; ``options`` are ``common.Run``'s (seed, device, threads, ...)."""
+    run = common.Run(run_dir, "teacher", steps=steps, checkpoint_every=checkpoint_every, **options)
+    dist, seed = run.dist, run.seed
     scaling = None
     if init_run is not None:
         init_pool = Path(init_run) / "pool" / "pool.json"
         if not init_pool.is_file():
             raise CheckpointError(f"--init-run {init_run} is not a teacher run: it has no pool/pool.json")
         scaling = json.loads(init_pool.read_text())["scaling_factor"]
-    pool = ensure_pool(run_dir, vae_run, pool_size, seed, frames, dist, physics, scaling)
+    pool = ensure_pool(run.dir, vae_run, pool_size, seed, frames, dist, physics, scaling)
     text = frozen_text_components()
     pooler = CaptionPooler(text["text_encoder_2"].requires_grad_(True), text["tokenizer_2"], pool.captions)
     net = TextConditionedDiT(build_dit(seed), pooler).to(dist.device).train()
-    own = common.latest_checkpoint(run_dir)
-    if own is None and init_run is not None:
+    if run.latest is None and init_run is not None:
         net.dit.load_state_dict(common.load_weights(init_run, "ema"))
         net.pooler.clip.load_state_dict(common.load_weights(init_run, "ema_clip"))
     ema = EMA(net, ema_decay)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
-    start, wall = 0, 0.0
-    saved = {"dit": net.dit, "clip": net.pooler.clip, "ema": ema.module.dit, "ema_clip": ema.module.pooler.clip}
-    if (folder := own) is not None:
-        state = common.load_checkpoint(folder, saved, {"dit": optimizer})
-        start, wall = state["step"], state["meta"]["wall_seconds"]
+    saved = {"dit": net.dit, "clip": net.pooler.clip}
+    saved.update(ema=ema.module.dit, ema_clip=ema.module.pooler.clip)  # the weights kept
+    if run.latest is not None:
+        run.resume(saved, {"dit": optimizer})
     model = common.wrap(net, dist)
-    log = common.RunLog(run_dir, dist, quiet=quiet)
-    clock = time.perf_counter()
     values: dict = {}
-    for step in range(start, min(steps, stop_at or steps)):
+    for step in run.steps():
         rng = common.step_rng(seed, step)
         rows = common.shard(rng.integers(len(pool), size=batch), dist)
         modes = common.shard(draw_modes(rng, batch, MODE_WEIGHTS), dist)
         data = make_batch(pool, rows, list(modes), stale_captions=stale_captions).to(dist.device)
         weight = flow.object_weight(pool, rows, object_weight).to(dist.device) if object_weight else None
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup=warmup)
+        common.set_lr(lr_at(step, steps, lr, warmup=warmup), optimizer)
         loss = fm_loss(model, data, data.x0, common.step_generator(seed, step, dist.rank), weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
+        common.optimize(loss, [optimizer], net.parameters())
         ema.update(net, step)
-        values = {"loss": common.mean_across(float(loss.detach()), dist)}
-        log(step + 1, **values)
-        done = step + 1
-        if dist.main and (done % checkpoint_every == 0 or done in (steps, stop_at)):
-            meta = {
-                "stage": "teacher",
-                "wall_seconds": wall + time.perf_counter() - clock,
-                "device": str(dist.device),
-                "world_size": dist.world,
-                "threads": torch.get_num_threads(),
-                "batch": batch,
-                "lr": lr,
-                "seed": seed,
-                "steps": steps,
-                "pool_size": len(pool),
-                "scaling_factor": pool.scaling_factor,
-                "ema_decay": ema_decay,
-                "object_weight": object_weight,
-                "stale_captions": stale_captions,
-                "mode_weights": MODE_WEIGHTS,
-                "physics": physics,
-                "init_run": None if init_run is None else Path(init_run).name,
-            }
-            common.save_checkpoint(run_dir, done, saved, {"dit": optimizer}, meta)
-    common.teardown()
-    return {**values, "wall_seconds": wall + time.perf_counter() - clock}
+        values = run.averaged(loss=loss)
+        run.log(step + 1, **values)
+        run.checkpoint(
+            step + 1, saved, {"dit": optimizer}, batch=batch, lr=lr, steps=steps, pool_size=len(pool),
+            scaling_factor=pool.scaling_factor, ema_decay=ema_decay, object_weight=object_weight,
+            stale_captions=stale_captions, mode_weights=MODE_WEIGHTS, physics=physics,
+            init_run=None if init_run is None else Path(init_run).name,
+        )
+    return run.finish(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,28 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--pool-size", type=int, default=4096)
     parser.add_argument("--frames", type=int, default=25)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--object-weight", type=float, default=4.0, help="extra loss weight on the object's cells")
-    parser.add_argument("--stale-captions", action="store_true", help="prompt continuations with older captions")
-    parser.add_argument("--init-run", type=Path, help="a teacher run to fine-tune (its EMA weights and scaling)")
-    args = parser.parse_args(argv)
-    print(
-        train(
-            args.run_dir,
-            args.vae_run,
-            steps=args.steps,
-            batch=args.batch,
-            lr=args.lr,
-            pool_size=args.pool_size,
-            frames=args.frames,
-            ema_decay=args.ema,
-            object_weight=args.object_weight,
-            stale_captions=args.stale_captions,
-            init_run=args.init_run,
-            **common.stage_options(args),
-        )
-    )
-    return 0
+    parser.add_argument("--ema", dest="ema_decay", type=float, default=0.999)
+    parser.add_argument("--object-weight", type=float, default=4.0,
+                        help="extra loss weight on the object's cells")
+    parser.add_argument("--stale-captions", action="store_true",
+                        help="prompt continuations with older captions")
+    parser.add_argument("--init-run", type=Path,
+                        help="a teacher run to fine-tune (its EMA weights and scaling)")
+    return common.run_cli(parser, train, argv)
 
 
 if __name__ == "__main__":

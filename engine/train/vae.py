@@ -13,8 +13,8 @@ the VAE's temporal receptive field; the DiT stages encode 25-frame clips with it
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,70 +50,30 @@ class VAELoss(torch.nn.Module):
 
 
 def train(
-    run_dir: Path,
-    *,
-    steps: int,
-    batch: int = 8,
-    frames: int = 9,
-    lr: float = 1e-3,
-    seed: int = 0,
-    physics: str = "basic",
-    device: str | None = None,
-    threads: int | None = None,
-    checkpoint_every: int = 200,
-    quiet: bool = False,
-    stop_at: int | None = None,
+    run_dir: Path, *, steps: int, batch: int = 8, frames: int = 9, lr: float = 1e-3, physics: str = "basic",
+    checkpoint_every: int = 200, **options: Any,
 ) -> dict:
-    """Train (or resume) to ``steps``; returns the last logged values and the wall time spent."""
-    dist = common.setup(device, threads)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train (or resume) to ``steps``; returns the last logged values and the wall time spent.
+    ``options``: those of ``common.Run`` (seed, device, threads, stop_at, quiet)."""
+    run = common.Run(run_dir, "vae", steps=steps, checkpoint_every=checkpoint_every, **options)
+    dist, seed = run.dist, run.seed
     vae = build_vae(seed).to(dist.device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    start, wall = 0, 0.0
-    if (folder := common.latest_checkpoint(run_dir)) is not None:
-        state = common.load_checkpoint(folder, {"vae": vae}, {"vae": optimizer})
-        start, wall = state["step"], state["meta"]["wall_seconds"]
+    if run.latest is not None:
+        run.resume({"vae": vae}, {"vae": optimizer})
     model = common.wrap(VAELoss(vae), dist)
-    log = common.RunLog(run_dir, dist, quiet=quiet)
     per_rank = max(1, batch // dist.world)
     values: dict = {}
-    clock = time.perf_counter()
-    for step in range(start, min(steps, stop_at or steps)):
-        rng = common.step_rng(seed, step, dist.rank)
-        clips = render_clips(rng, per_rank, frames, physics=physics)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, lr)
+    for step in run.steps():
+        clips = render_clips(common.step_rng(seed, step, dist.rank), per_rank, frames, physics=physics)
+        common.set_lr(lr_at(step, steps, lr), optimizer)
         loss, rec, kl = model(clips.video.to(dist.device), clips.weight.to(dist.device))
-        values = {"rec": float(rec), "kl": float(kl)}
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        values = {k: common.mean_across(v, dist) for k, v in values.items()}
-        log(step + 1, loss=float(loss.detach()), **values)
-        done = step + 1
-        if dist.main and (done % checkpoint_every == 0 or done in (steps, stop_at)):
-            meta = _meta(dist, wall + time.perf_counter() - clock, batch, frames, lr, seed, steps, physics)
-            common.save_checkpoint(run_dir, done, {"vae": vae}, {"vae": optimizer}, meta)
-    common.teardown()
-    return {**values, "wall_seconds": wall + time.perf_counter() - clock}
-
-
-def _meta(dist, wall: float, batch: int, frames: int, lr: float, seed: int, steps: int, physics: str) -> dict:
-    return {
-        "stage": "vae",
-        "wall_seconds": wall,
-        "device": str(dist.device),
-        "world_size": dist.world,
-        "threads": torch.get_num_threads(),
-        "batch": batch,
-        "frames": frames,
-        "lr": lr,
-        "seed": seed,
-        "steps": steps,
-        "physics": physics,
-    }
+        common.optimize(loss, [optimizer], vae.parameters())
+        values = run.averaged(rec=rec, kl=kl)
+        run.log(step + 1, loss=float(loss.detach()), **values)
+        settings = dict(batch=batch, frames=frames, lr=lr, steps=steps, physics=physics)
+        run.checkpoint(step + 1, {"vae": vae}, {"vae": optimizer}, **settings)
+    return run.finish(values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,17 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="global batch (split across ranks)")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--lr", type=float, default=1e-3)
-    args = parser.parse_args(argv)
-    result = train(
-        args.run_dir,
-        steps=args.steps,
-        batch=args.batch,
-        frames=args.frames,
-        lr=args.lr,
-        **common.stage_options(args),
-    )
-    print(result)
-    return 0
+    return common.run_cli(parser, train, argv)
 
 
 if __name__ == "__main__":

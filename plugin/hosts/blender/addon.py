@@ -16,14 +16,13 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from magic141.errors import Magic141Error
-from magic141.protocol import DEFAULT_MODEL
 from magic141.plugin.extend import media_dir_for
 from magic141.plugin.markers import parse_seconds
+from magic141.protocol import DEFAULT_MODEL
 
 from . import exchange, jobs
 from . import scene as scene_io
 from .worker import ExtendRequest
-
 
 # Settings ------------------------------------------------------------------------------------
 

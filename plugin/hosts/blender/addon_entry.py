@@ -19,7 +19,7 @@ bl_info = {
 
 PYTHON = ""  # filled in by install: the interpreter that runs the engine service
 PYTHON_VERSION = ""  # filled in by install: "3.11"; compiled packages load only in the same version
-SITE_DIRS = []  # filled in by install: where magic141 and its dependencies are installed
+SITE_DIRS: list[str] = []  # filled in by install: where magic141 and its dependencies are installed
 
 problem = ""  # why the add-on could not load, shown in the sidebar
 _addon = None
@@ -65,7 +65,7 @@ def register():
     try:
         _add_site_dirs()
         from magic141.plugin.hosts.blender import addon
-    except Exception as exc:  # ImportError, or a compiled module that cannot load: say so in the sidebar
+    except Exception as exc:  # noqa: BLE001 (ImportError, or a compiled module that cannot load: say so)
         problem = str(exc) or type(exc).__name__
         print(f"Magic141: {problem}")
         _problem_panel = _show_problem()

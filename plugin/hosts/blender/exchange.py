@@ -27,6 +27,7 @@ import opentimelineio as otio
 
 from magic141.plugin import markers as mk
 from magic141.plugin import timeline as tl
+from magic141.rational import rate_from_float
 
 from . import probe
 from .strips import MAX_CHANNEL, Cut, Strip
@@ -35,7 +36,7 @@ RT, TR = otio.opentime.RationalTime, otio.opentime.TimeRange
 
 
 def _seconds(time: otio.opentime.RationalTime) -> Fraction:
-    return Fraction(time.value) / tl.rational_rate(time.rate)
+    return Fraction(time.value) / rate_from_float(time.rate)
 
 
 def _frames(time: otio.opentime.RationalTime, rate: Fraction) -> int:
@@ -62,13 +63,14 @@ def clip_for(strip: Strip, media: probe.MediaInfo, rate: Fraction) -> otio.schem
     """The movie strip as a clip: from the media frame it shows first, in the media's time, lasting
     what ``strip.duration`` frames of ``rate`` last. ``rate`` is the scene's for a timeline; the
     media's for a clip whose frames are the strip's frames, as Blender shows them."""
+    assert strip.path is not None  # a movie strip's: callers checked it is a file
     whole = TR(_at(0, media.rate), _at(media.frames, media.rate))
+    duration = Fraction(strip.duration) * media.rate / rate
     clip = otio.schema.Clip(
         name=strip.name,
         media_reference=otio.schema.ExternalReference(target_url=strip.path.resolve().as_uri(),
                                                       available_range=whole),
-        source_range=TR(_at(strip.media_start, media.rate), _at(Fraction(strip.duration) * media.rate / rate,
-                                                                 media.rate)),
+        source_range=TR(_at(strip.media_start, media.rate), _at(duration, media.rate)),
     )
     if strip.metadata:
         clip.metadata[tl.NAMESPACE] = copy.deepcopy(strip.metadata)
@@ -153,7 +155,7 @@ def _export_markers(cut: Cut, timeline, clips: dict, origin: int, warnings: list
             under = [(strip, clip) for strip, clip in clips.values() if strip.start <= frame < strip.end]
             if under:
                 strip, clip = max(under, key=lambda pair: pair[0].channel)  # the one on top is the one seen
-                media_rate = tl.rational_rate(clip.source_range.start_time.rate)
+                media_rate = rate_from_float(clip.source_range.start_time.rate)
                 at = strip.media_start + frame - strip.start  # the media frame under the marker
                 marker.marked_range = TR(_at(at, media_rate), _at(0, media_rate))
                 clip.markers.append(marker)
@@ -213,6 +215,7 @@ def from_timeline(doc: tl.TimelineDoc, media_rate: Callable[[Path], Fraction] = 
 
 def _strip(ref: tl.ClipRef, channel: int, start: int, rate: Fraction, media_rate, warnings: list[str]):
     clip = ref.clip
+    assert ref.media_path is not None  # the clip is online
     source = clip.trimmed_range()
     available = clip.media_reference.available_range
     media_start_seconds = _seconds(source.start_time) - (_seconds(available.start_time) if available else 0)

@@ -19,11 +19,11 @@ import site
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import zipfile
 from pathlib import Path
 
-from .strips import VSEError
+from magic141 import atomic
+from magic141.errors import InvalidInput, Magic141Error
 
 ADDON = "magic141_vse"  # the add-on's module name in Blender
 ENTRY = Path(__file__).with_name("addon_entry.py")
@@ -56,10 +56,10 @@ def entry_source(python: str = sys.executable) -> str:
     values = {"PYTHON": python, "PYTHON_VERSION": f"{sys.version_info.major}.{sys.version_info.minor}",
               "SITE_DIRS": site_dirs()}
     for name, value in values.items():
-        line = f"{name} = {value!r}"
-        text, count = re.subn(rf"^{name} = .*$", lambda _, line=line: line, text, count=1, flags=re.MULTILINE)
+        line = f"{name} = {value!r}".replace("\\", "\\\\")  # a Windows path's backslashes stay literal
+        text, count = re.subn(rf"^{name}(?:: [^=]+)? = .*$", line, text, count=1, flags=re.MULTILINE)
         if count != 1:
-            raise VSEError(f"{ENTRY.name} has no line '{name} = ...' to fill in")
+            raise Magic141Error(f"{ENTRY.name} has no line '{name} = ...' to fill in")
     return text
 
 
@@ -68,10 +68,8 @@ def build_zip(out: str | os.PathLike, python: str = sys.executable) -> Path:
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     source = entry_source(python)
-    with (tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as handle,
-          zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive):
+    with atomic.replacing(out) as temp, zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(f"{ADDON}/__init__.py", source)
-    os.replace(handle.name, out)
     return out
 
 
@@ -82,14 +80,14 @@ def install(zip_path: Path, blender: str) -> str:
         done = subprocess.run([blender, "-b", "--python-expr", script], capture_output=True, text=True,
                               timeout=300, check=False)
     except OSError as exc:
-        raise VSEError(f"cannot run Blender {blender}: {exc.strerror or exc}") from exc
+        raise InvalidInput(f"cannot run Blender {blender}: {exc.strerror or exc}", field="blender") from exc
     for line in done.stdout.splitlines():
         if line.startswith("MAGIC141_INSTALLED "):
             return line.split(" ", 1)[1]
         if line.startswith("MAGIC141_PROBLEM "):
-            raise VSEError(f"Blender installed the add-on but cannot load it: {line.split(' ', 1)[1]}")
+            raise Magic141Error(f"Blender installed the add-on but cannot load it: {line.split(' ', 1)[1]}")
     tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
-    raise VSEError(f"Blender {blender} did not install the add-on (exit status {done.returncode}): "
+    raise Magic141Error(f"Blender {blender} did not install the add-on (exit status {done.returncode}): "
                    + " | ".join(tail))
 
 
@@ -111,8 +109,8 @@ def run(args) -> int:
         return 0
     blender = args.blender or shutil.which("blender")
     if blender is None:
-        raise VSEError("no blender on PATH: pass --blender PATH, or write the zip with --out ZIP and install "
-                       "it with Edit > Preferences > Add-ons > Install...")
+        raise InvalidInput("no blender on PATH: name the Blender executable, or write the zip only and "
+                           "install it with Edit > Preferences > Add-ons > Install...", field="blender")
     from magic141 import home
 
     zip_path = build_zip(home.home() / "blender" / f"{ADDON}.zip")

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import bpy
 
-from magic141.errors import Magic141Error
-from magic141.plugin.extend import generated_metadata
+from magic141.errors import Magic141Error, TimelineError
+from magic141.protocol import JobResult, JobSpec, clip_record
 
 from . import scene as scene_io
-from .strips import VSEError
 from .worker import CANCELLED, DONE, FAILED, RUNNING, ExtendRequest, ExtendWorker
 
 POLL_SECONDS = 0.25
@@ -65,7 +64,7 @@ class Jobs:
             for update in worker.drain():
                 try:
                     self._apply(worker, update)
-                except Exception as exc:  # Blender drops a timer that raises: the other jobs would hang
+                except Exception as exc:  # noqa: BLE001 (Blender drops a timer that raises: the others would hang)
                     if worker in self.workers:
                         self.workers.remove(worker)
                     message = f"unexpected {type(exc).__name__}: {exc}"
@@ -100,16 +99,16 @@ class Jobs:
         report(level, message)
 
 
-def _place(request: ExtendRequest, result: dict, spec: dict) -> str:
+def _place(request: ExtendRequest, result: JobResult, spec: JobSpec) -> str:
     scene = bpy.data.scenes.get(request.scene)
     if bpy.data.filepath != request.blend_file or scene is None:
         where = request.blend_file or "the unsaved file"
-        raise VSEError(f"scene {request.scene!r} of {where} is no longer open; "
-                       f"the new movie is {result['path']}")
-    metadata = generated_metadata(request.job_id, spec, result, source_clip=request.strip.name,
-                                  source_frame=request.frame - request.strip.start)
-    frames = int(result["frames"])
-    strip, placement = scene_io.add_generated(scene, request.strip.name, Path(result["path"]), frames,
+        raise TimelineError(f"scene {request.scene!r} of {where} is no longer open; "
+                            f"the new movie is {result.path}")
+    metadata = clip_record(request.job_id, spec, result, source_clip=request.strip.name,
+                           source_frame=request.frame - request.strip.start)
+    frames = result.frames
+    strip, placement = scene_io.add_generated(scene, request.strip.name, Path(result.path), frames,
                                               request.placement, metadata)
     moved = f"; {len(placement.shifted)} strips moved right by {frames} frames" if placement.shifted else ""
     return (f"Added {strip.name!r} on channel {strip.channel} at frame {strip.frame_final_start}, "
@@ -143,7 +142,7 @@ _jobs: Jobs | None = None
 def current() -> Jobs:
     """The jobs being followed (the add-on must be registered)."""
     if _jobs is None:
-        raise VSEError("the Magic141 add-on is not registered")
+        raise Magic141Error("the Magic141 add-on is not registered")
     return _jobs
 
 

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from magic141.errors import Magic141Error
-
-from .strips import VSEError
+from magic141.errors import Magic141Error, TimelineError
 
 
 @dataclass(frozen=True)
@@ -30,9 +28,9 @@ def media_info(path: Path) -> MediaInfo:
     try:
         info = media.probe_video(path)
     except Magic141Error as exc:
-        raise VSEError(str(exc)) from exc
+        raise TimelineError(str(exc)) from exc
     if not info.fps or info.frames < 1:
-        raise VSEError(f"video {path} has no frames or no frame rate")
+        raise TimelineError(f"video {path} has no frames or no frame rate")
     return MediaInfo(Fraction(info.fps), info.frames)
 
 
@@ -43,10 +41,10 @@ def media_rate(path: Path) -> Fraction:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VSEError(f"{path} has no video stream")
+                raise TimelineError(f"{path} has no video stream")
             rate = container.streams.video[0].average_rate
     except av.FFmpegError as exc:
-        raise VSEError(f"video {path} cannot be read: {exc}") from exc
+        raise TimelineError(f"video {path} cannot be read: {exc}") from exc
     if not rate:
-        raise VSEError(f"video {path} does not say its frame rate")
+        raise TimelineError(f"video {path} does not say its frame rate")
     return Fraction(rate)

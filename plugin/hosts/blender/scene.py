@@ -21,9 +21,10 @@ from pathlib import Path
 
 import bpy
 
+from magic141.errors import TimelineError
 from magic141.plugin.timeline import NAMESPACE
 
-from .strips import Cut, Placement, Strip, VSEError, blender_fps, place, scene_rate
+from .strips import Cut, Placement, Strip, blender_fps, place, scene_rate
 
 TIMECODE_PROPERTY = "magic141_timecode_start"  # scene: frames of an imported timeline's start time
 
@@ -76,7 +77,7 @@ def top_level(scene, strip) -> Strip:
     """The record of ``strip``, refused if it lies inside a meta strip (its channels are the meta's)."""
     editor = scene.sequence_editor
     if editor is None or editor.sequences.get(strip.name) != strip:
-        raise VSEError(f"strip {strip.name!r} is inside a meta strip: ungroup it first "
+        raise TimelineError(f"strip {strip.name!r} is inside a meta strip: ungroup it first "
                        "(Strip > Meta Strip > Ungroup Meta Strips)")
     return strip_record(strip)
 
@@ -87,7 +88,7 @@ def add_generated(scene, source_name: str, media: Path, frames: int, how: str, m
     editor = scene.sequence_editor
     source = editor.sequences.get(source_name) if editor else None
     if source is None:
-        raise VSEError(f"strip {source_name!r} is no longer in scene {scene.name!r}; "
+        raise TimelineError(f"strip {source_name!r} is no longer in scene {scene.name!r}; "
                        f"the new movie is {media}")
     records = [strip_record(strip) for strip in editor.sequences]
     placement: Placement = place(records, strip_record(source), frames, how)

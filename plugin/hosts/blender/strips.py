@@ -21,15 +21,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from magic141.plugin.timeline import TimelineError
+from magic141.errors import TimelineError
 
 MAX_CHANNEL = 128  # Blender 3.4's sequencer has channels 1 to 128
 MAX_FPS = 32767  # RenderSettings.fps is a short
 PLACEMENTS = ("insert", "above")  # after the source on its channel (ripple), or on the first free one above
-
-
-class VSEError(TimelineError):
-    """A strip or scene cannot be extended, exported or imported; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -53,14 +49,14 @@ class Strip:
         """``frame`` (a timeline frame) counted from the strip's first frame, checked to be a frame
         of a movie this strip shows as is."""
         if self.kind != "MOVIE":
-            raise VSEError(f"strip {self.name!r} is a {self.kind.lower()} strip: choose a movie strip")
+            raise TimelineError(f"strip {self.name!r} is a {self.kind.lower()} strip: choose a movie strip")
         if self.problem:
-            raise VSEError(f"strip {self.name!r} {self.problem}: Magic141 continues movie strips that show "
-                           "their media frame for frame")
+            raise TimelineError(f"strip {self.name!r} {self.problem}: Magic141 continues movie strips that "
+                                "show their media frame for frame")
         if self.path is None or not self.path.is_file():
-            raise VSEError(f"strip {self.name!r}: its media {self.path} is missing")
+            raise TimelineError(f"strip {self.name!r}: its media {self.path} is missing")
         if isinstance(frame, bool) or not isinstance(frame, int) or not self.start <= frame < self.end:
-            raise VSEError(f"frame {frame} is outside strip {self.name!r}, which shows frames "
+            raise TimelineError(f"frame {frame} is outside strip {self.name!r}, which shows frames "
                            f"{self.start} to {self.end - 1}")
         return frame - self.start
 
@@ -80,7 +76,7 @@ class Cut:
 def scene_rate(fps: int, fps_base: float) -> Fraction:
     """A scene's exact rate: (24, 1.001) and (24000, 1001.0) are both 24000/1001."""
     if isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0 or not fps_base or fps_base <= 0:
-        raise VSEError(f"the scene's frame rate must be positive, got fps={fps!r} fps_base={fps_base!r}")
+        raise TimelineError(f"the scene's frame rate must be positive, got fps={fps!r} fps_base={fps_base!r}")
     return Fraction(fps) / Fraction(fps_base).limit_denominator(1001)
 
 
@@ -99,7 +95,7 @@ def blender_fps(rate: Fraction) -> tuple[int, float]:
     for fps, base in candidates:
         if 0 < fps <= MAX_FPS and scene_rate(fps, _float32(base)) == rate:
             return fps, base
-    raise VSEError(f"Blender cannot hold the frame rate {rate} exactly (fps is at most {MAX_FPS})")
+    raise TimelineError(f"Blender cannot hold the frame rate {rate} exactly (fps is at most {MAX_FPS})")
 
 
 # Placing a generated strip -------------------------------------------------------------------
@@ -118,9 +114,9 @@ def place(strips: tuple[Strip, ...] | list[Strip], source: Strip, frames: int,
     strips after it on that channel (``insert``), or at the same time on the first channel above
     that is free for all of them (``above``)."""
     if how not in PLACEMENTS:
-        raise VSEError(f"placement must be one of {', '.join(PLACEMENTS)}, got {how!r}")
+        raise TimelineError(f"must be one of {', '.join(PLACEMENTS)}, got {how!r}", field="placement")
     if frames < 1:
-        raise VSEError(f"the generated media has {frames} frames")
+        raise TimelineError(f"the generated media has {frames} frames")
     if how == "insert":
         later = sorted((s for s in strips
                         if s.channel == source.channel and s.start >= source.end and s != source),
@@ -130,4 +126,5 @@ def place(strips: tuple[Strip, ...] | list[Strip], source: Strip, frames: int,
     for channel in range(source.channel + 1, MAX_CHANNEL + 1):
         if not any(s.channel == channel and s.start < end and start < s.end for s in strips):
             return Placement(channel, start)
-    raise VSEError(f"no channel above {source.channel} is free from frame {start} to {end - 1}: use insert")
+    raise TimelineError(f"no channel above {source.channel} is free from frame {start} to {end - 1}: use "
+                        "insert", field="placement")

@@ -20,15 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from magic141.errors import Magic141Error
-from magic141.protocol import DEFAULT_MODEL
-from magic141.plugin.client import progress_fraction
+from magic141.errors import EngineError, InvalidInput, Magic141Error
 from magic141.plugin.extend import job_spec
 from magic141.plugin.markers import wait_for
+from magic141.protocol import DEFAULT_MODEL, JobResult, JobSpec, JobState, progress_fraction
 
 from . import exchange, probe
-from .strips import PLACEMENTS, Strip, VSEError
+from .strips import PLACEMENTS, Strip
+
+if TYPE_CHECKING:
+    from magic141.plugin.client import EngineClient
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
@@ -53,9 +56,10 @@ class ExtendRequest:
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
-            raise VSEError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+            raise InvalidInput(f"must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}",
+                               field="placement")
         if not self.prompt.strip():
-            raise VSEError("the prompt is empty: say what happens next")
+            raise InvalidInput("is empty: say what happens next", field="prompt")
 
 
 @dataclass(frozen=True)
@@ -63,19 +67,20 @@ class Update:
     state: str  # running | done | failed | cancelled
     text: str  # one line for the status bar
     fraction: float = 0.0  # progress over all windows, 0..1
-    result: dict | None = None  # the engine's result when done: path, frames, fps, ...
-    spec: dict | None = None  # the job spec, when done
+    result: JobResult | None = None  # the engine's result, when done
+    spec: JobSpec | None = None  # the job spec, when done
 
 
 class ExtendWorker:
     """Runs ``request`` on a daemon thread; ``drain()`` (main thread) returns what happened since."""
 
-    def __init__(self, request: ExtendRequest, connect: Callable[[], object], *, poll: float = 0.5) -> None:
+    def __init__(self, request: ExtendRequest, connect: Callable[[], EngineClient], *,
+                 poll: float = 0.5) -> None:
         self.request = request
         self.updates: queue.Queue[Update] = queue.Queue()
         self._connect = connect
         self._poll = poll
-        self._client = None
+        self._client: EngineClient | None = None
         self._cancel = threading.Event()
         self._cancel_sent = False
         self._thread = threading.Thread(target=self._run, name=f"magic141-{request.job_id}", daemon=True)
@@ -106,44 +111,45 @@ class ExtendWorker:
             self.updates.put(self._work())
         except Magic141Error as exc:
             self.updates.put(Update(FAILED, str(exc)))
-        except Exception as exc:  # the last line of defence: Blender shows a sentence, never a traceback
+        except Exception as exc:  # noqa: BLE001 (the last line of defence: a sentence, never a traceback)
             self.updates.put(Update(FAILED, f"unexpected {type(exc).__name__}: {exc}"))
 
     def _work(self) -> Update:
         request = self.request
         frame = request.strip.frame_in_strip(request.frame)
-        self._say(f"Reading {request.strip.path.name}")
-        ref = exchange.clip_ref(request.strip, probe.media_info(request.strip.path))
+        movie = request.strip.path
+        assert movie is not None  # frame_in_strip checked it
+        self._say(f"Reading {movie.name}")
+        ref = exchange.clip_ref(request.strip, probe.media_info(movie))
         spec = job_spec(ref, frame, prompt=request.prompt, seconds=request.seconds, rate=request.rate,
                         media_dir=request.media_dir, job_id=request.job_id, seed=request.seed,
                         model=request.model, steps=request.steps)
         self._say("Connecting to the engine service (it starts with the first job)")
-        self._client = self._connect()
-        self._client.submit(spec, job_id=request.job_id)
-        job = wait_for(self._client, [request.job_id], poll=self._poll, say=lambda line: None,
+        self._client = client = self._connect()
+        client.submit(spec, job_id=request.job_id)
+        job = wait_for(client, [request.job_id], poll=self._poll, say=lambda line: None,
                        watch=self._watch)[request.job_id]
-        if job["state"] == "DONE":
-            return Update(DONE, f"Job {request.job_id} done", 1.0, job["result"], spec)
-        if job["state"] == "CANCELLED":
+        if job["state"] == JobState.DONE:
+            return Update(DONE, f"Job {request.job_id} done", 1.0, JobResult.from_json(job["result"]), spec)
+        if job["state"] == JobState.CANCELLED:
             return Update(CANCELLED, f"Job {request.job_id} was cancelled; nothing was added")
         return Update(FAILED, f"job {request.job_id} failed: {job.get('error') or 'no reason given'}")
 
     def _watch(self, job: dict) -> None:
-        if self._cancel.is_set() and not self._cancel_sent:
+        if self._cancel.is_set() and not self._cancel_sent and self._client is not None:
             self._cancel_sent = True
-            from magic141.plugin.client import EngineError
-
             try:
                 self._client.cancel(job["id"])
             except EngineError:
                 pass  # it ended meanwhile; the next poll says how
         progress = job.get("progress") or {}
-        if job["state"] == "PENDING":
+        if job["state"] == JobState.PENDING:
             self._say("Waiting in the engine's queue")
         elif progress.get("total"):
             windows = int(progress.get("windows") or 1)
             where = f", window {progress.get('window')}/{windows}" if windows > 1 else ""
-            self._say(f"Step {progress.get('step')}/{progress['total']}{where}", progress_fraction(
-                int(progress.get("step") or 0), int(progress["total"]), int(progress.get("window") or 1), windows))
-        elif job["state"] == "RUNNING":
+            fraction = progress_fraction(int(progress.get("step") or 0), int(progress["total"]),
+                                         int(progress.get("window") or 1), windows)
+            self._say(f"Step {progress.get('step')}/{progress['total']}{where}", fraction)
+        elif job["state"] == JobState.RUNNING:
             self._say("Loading the model")

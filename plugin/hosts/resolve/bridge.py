@@ -6,7 +6,7 @@ This module copies the timeline into a persistent work folder, lets the editor w
 panel, or the ``magic141:`` markers through the render queue), and writes a *plan*: plain JSON
 the Resolve script follows with a handful of API calls::
 
-    {"version": 1, "mode": "append" | "import",
+    {"version": PLAN_VERSION, "mode": "append" | "import",
      "timeline": "/.../timeline.otio", "timeline_name": "Cut 3 magic141", "rate": "24000/1001",
      "lanes": 1,
      "clips": [{"name", "path", "frames", "record_frame", "lane", "job_id"}, ...]}
@@ -33,7 +33,6 @@ Traps avoided:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -45,17 +44,18 @@ from urllib.parse import unquote, urlsplit
 
 import opentimelineio as otio
 
-from magic141.protocol import DEFAULT_MODEL
+from magic141 import atomic
+from magic141.errors import InvalidInput, Magic141Error, TimelineError
 from magic141.plugin import timeline as tl
+from magic141.protocol import DEFAULT_MODEL
+from magic141.rational import rate_from_float, rational_text
 
+# The plan's format; its reader (menu_script.py) runs in Resolve's own Python, which cannot import
+# magic141, so the constant lives with its writer.
 PLAN_VERSION = 1
 MODES = ("append", "import")
 ACTIONS = ("panel", "markers")
 SCRIPT = Path(__file__).with_name("menu_script.py")
-
-
-class ResolveBridgeError(tl.TimelineError):
-    """The edited timeline cannot be mapped back onto Resolve's, or the bridge cannot be installed."""
 
 
 def _job_id(item) -> str | None:
@@ -65,8 +65,12 @@ def _job_id(item) -> str | None:
     return str(made.get("job_id"))
 
 
+def _job_ids(doc: tl.TimelineDoc) -> set[str]:
+    return {ident for clip in doc.timeline.find_clips() if (ident := _job_id(clip))}
+
+
 def _frames(time: otio.opentime.RationalTime, rate: Fraction) -> int:
-    return round(Fraction(time.value) / tl.rational_rate(time.rate) * rate)
+    return round(Fraction(time.value) / rate_from_float(time.rate) * rate)
 
 
 def _is_new_track(track: otio.schema.Track, new: set[str]) -> bool:
@@ -78,18 +82,17 @@ def _is_new_track(track: otio.schema.Track, new: set[str]) -> bool:
 def plan(exported: tl.TimelineDoc, edited: tl.TimelineDoc, mode: str = "append") -> dict:
     """What Resolve must do to show the clips ``edited`` has and ``exported`` lacks."""
     if mode not in MODES:
-        raise ResolveBridgeError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InvalidInput(f"must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
     rate = exported.rate
-    before = {_job_id(clip) for clip in exported.timeline.find_clips()} - {None}
-    new = {_job_id(clip) for clip in edited.timeline.find_clips()} - {None} - before
+    new = _job_ids(edited) - _job_ids(exported)
     start = exported.timeline.global_start_time
     origin = _frames(start, rate) if start is not None else 0
     original_tracks = list(exported.timeline.video_tracks())
     edited_tracks = [t for t in edited.timeline.video_tracks() if not _is_new_track(t, new)]
     if new and len(edited_tracks) != len(original_tracks):
-        raise ResolveBridgeError(f"the edited timeline has {len(edited_tracks)} of the original video tracks, the "
-                                 f"exported one {len(original_tracks)}: bring it back with import instead")
-    matching = dict(zip((id(t) for t in edited_tracks), original_tracks))
+        raise TimelineError(f"the edited timeline has {len(edited_tracks)} of the original video tracks, "
+                            f"the exported one {len(original_tracks)}: bring it back with import instead")
+    matching = dict(zip((id(t) for t in edited_tracks), original_tracks, strict=True))
     clips = []
     for track in edited.timeline.video_tracks():
         original = matching.get(id(track))
@@ -125,7 +128,7 @@ def plan(exported: tl.TimelineDoc, edited: tl.TimelineDoc, mode: str = "append")
         clip["lane"] = lane + 1
     return {"version": PLAN_VERSION, "mode": mode, "timeline": str(edited.path),
             "timeline_name": f"{exported.timeline.name or edited.path.stem} magic141",
-            "rate": f"{rate.numerator}/{rate.denominator}", "lanes": len(lanes), "clips": clips}
+            "rate": rational_text(rate), "lanes": len(lanes), "clips": clips}
 
 
 def _identity(item) -> tuple:
@@ -135,7 +138,8 @@ def _identity(item) -> tuple:
     # The source *out* point: an overwrite trims the heads of the items after its edit point, and
     # what is left of one still ends where it did.
     end = item.trimmed_range().end_time_exclusive() if isinstance(item, otio.schema.Clip) else None
-    return (type(item).__name__, item.name, url, None if end is None else str(Fraction(end.value) / Fraction(end.rate)))
+    out_point = None if end is None else str(Fraction(end.value) / Fraction(end.rate))
+    return (type(item).__name__, item.name, url, out_point)
 
 
 def _find(track: otio.schema.Track, key: tuple, nth: int, before: str):
@@ -145,7 +149,7 @@ def _find(track: otio.schema.Track, key: tuple, nth: int, before: str):
             count += 1
             if count == nth:
                 return item
-    raise ResolveBridgeError(f"cannot find the item before new clip {before!r} in the exported timeline "
+    raise TimelineError(f"cannot find the item before new clip {before!r} in the exported timeline "
                              "(bring it back with import instead)")
 
 
@@ -153,18 +157,13 @@ def _media(doc: tl.TimelineDoc, clip: otio.schema.Clip) -> Path:
     for ref in tl.video_clips(doc):
         if ref.clip is clip:
             if ref.media_path is None:
-                raise ResolveBridgeError(f"new clip {clip.name!r} has no media file")
+                raise TimelineError(f"new clip {clip.name!r} has no media file")
             return ref.media_path.resolve()
-    raise ResolveBridgeError(f"new clip {clip.name!r} is not on a video track")
+    raise TimelineError(f"new clip {clip.name!r} is not on a video track")
 
 
 def write_plan(data: dict, path: Path) -> Path:
-    path = Path(path)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(handle.name, path)
-    return path
+    return atomic.write_json(path, data, indent=2)
 
 
 def work_copy(exported: Path, root: Path) -> Path:
@@ -173,7 +172,7 @@ def work_copy(exported: Path, root: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", doc.timeline.name or exported.stem).strip("._") or "timeline"
     root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=root))  # two runs in one second: two folders
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=root))  # two runs in a second: two folders
     return tl.save_timeline(doc, folder / "timeline.otio")
 
 
@@ -183,15 +182,16 @@ def edit(exported: Path, plan_path: Path, *, action: str, mode: str, home: str |
     from magic141 import home as home_dir
 
     if action not in ACTIONS:
-        raise ResolveBridgeError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        raise InvalidInput(f"must be one of {', '.join(ACTIONS)}, got {action!r}", field="action")
     root = home_dir.home(home) / "resolve"
     edited = work_copy(Path(exported), root)
     if action == "markers":
         from magic141.plugin.client import EngineClient
         from magic141.plugin.markers import queue_from_timeline
 
-        report = queue_from_timeline(edited, lambda: EngineClient(home).connect(), apply=True, seconds=seconds,
-                                     model=model, say=lambda line: print(line, file=sys.stderr))
+        report = queue_from_timeline(edited, lambda: EngineClient(home).connect(), apply=True,
+                                     seconds=seconds, model=model,
+                                     say=lambda line: print(line, file=sys.stderr))
         if report.failed:
             print(f"{len(report.failed)} jobs failed; the others are placed", file=sys.stderr)
     else:
@@ -200,7 +200,7 @@ def edit(exported: Path, plan_path: Path, *, action: str, mode: str, home: str |
         command = [sys.executable, "-m", "magic141.ui.app", str(edited)] + (["--home", home] if home else [])
         closed = subprocess.run(command, check=False)  # the editor saves (or not) and closes the panel
         if closed.returncode != 0:
-            raise ResolveBridgeError(f"the panel exited with status {closed.returncode}; Resolve's timeline is "
+            raise Magic141Error(f"the panel exited with status {closed.returncode}; Resolve's timeline is "
                                      f"unchanged (the work copy is {edited})")
     data = plan(tl.open_timeline(Path(exported)), tl.open_timeline(edited), mode)
     write_plan(data, plan_path)
@@ -215,7 +215,8 @@ def scripts_folder() -> Path:
     if sys.platform == "darwin":
         base = Path.home() / "Library/Application Support/Blackmagic Design/DaVinci Resolve"
     elif sys.platform == "win32":
-        base = Path(os.environ.get("APPDATA", Path.home() / "AppData/Roaming")) / "Blackmagic Design/DaVinci Resolve/Support"
+        roaming = Path(os.environ.get("APPDATA", Path.home() / "AppData/Roaming"))
+        base = roaming / "Blackmagic Design/DaVinci Resolve/Support"
     else:
         base = Path.home() / ".local/share/DaVinciResolve"
     return base / "Fusion" / "Scripts" / "Utility"
@@ -225,7 +226,7 @@ def install(folder: Path | None = None, *, python: str = sys.executable, mode: s
     """Write ``Magic141 Panel.py`` and ``Magic141 Markers.py`` into Resolve's scripts folder, each
     pointing at this Python (where magic141 is installed)."""
     if mode not in MODES:
-        raise ResolveBridgeError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InvalidInput(f"must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
     folder = Path(folder) if folder is not None else scripts_folder()
     folder.mkdir(parents=True, exist_ok=True)
     source = SCRIPT.read_text(encoding="utf-8")
@@ -235,18 +236,12 @@ def install(folder: Path | None = None, *, python: str = sys.executable, mode: s
         for name, value in (("MAGIC141_PYTHON", python), ("ACTION", action), ("MODE", mode)):
             text, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", text, count=1, flags=re.MULTILINE)
             if count != 1:
-                raise ResolveBridgeError(f"{SCRIPT.name} has no line '{name} = ...' to fill in")
-        target = folder / f"Magic141 {action.capitalize()}.py"
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, delete=False) as handle:
-            handle.write(text)
-        os.replace(handle.name, target)
-        written.append(target)
+                raise Magic141Error(f"{SCRIPT.name} has no line '{name} = ...' to fill in")
+        written.append(atomic.write_text(folder / f"Magic141 {action.capitalize()}.py", text))
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    from magic141.errors import Magic141Error
-
     parser = argparse.ArgumentParser(prog="python -m magic141.plugin.hosts.resolve",
                                      description="Magic141's DaVinci Resolve bridge.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -269,5 +264,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(data['clips'])} new clips; plan written to {args.plan}")
         return 0
     except Magic141Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.phrase(default='--{}')}", file=sys.stderr)
         return 2

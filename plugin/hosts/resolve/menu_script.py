@@ -3,8 +3,9 @@
 A template: ``python -m magic141.plugin.hosts.resolve install`` writes one copy per action
 ("Magic141 Panel.py", "Magic141 Markers.py"; Resolve names menu items after files) with the three
 settings below filled in. It runs inside the Python Resolve finds (3.6 or later: no
-``capture_output``/``text`` in subprocess), so it uses the standard library and Resolve's API only; the work happens in Magic141's Python
-(``bridge.py``), which this script calls and which answers with a plan of API calls.
+``capture_output``/``text`` in subprocess), so it uses the standard library and Resolve's API only
+(it cannot import magic141); the work happens in Magic141's Python (``bridge.py``), which this
+script calls and which answers with a plan of API calls (``bridge.PLAN_VERSION``).
 
 1. export the current timeline as OTIO (``Timeline.Export``; Resolve 18.5 or later),
 2. run the bridge: the panel opens on it (or the ``magic141:`` markers are rendered), and it
@@ -57,7 +58,8 @@ def clean_environment():
 
 def run_bridge(exported, plan_path):
     if not MAGIC141_PYTHON:
-        raise ScriptError("this script is not installed: run  python -m magic141.plugin.hosts.resolve install")
+        raise ScriptError("this script is not installed: run  "
+                          "python -m magic141.plugin.hosts.resolve install")
     command = [MAGIC141_PYTHON, "-m", "magic141.plugin.hosts.resolve", "edit", exported, "--plan", plan_path,
                "--action", ACTION, "--mode", MODE]
     done = subprocess.run(command, env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,  # noqa: UP022
@@ -73,7 +75,8 @@ def apply_plan(project, timeline, plan):
     """Follow the bridge's plan with Resolve's API; returns what was done, in words."""
     media_pool = project.GetMediaPool()
     if plan["mode"] == "import":
-        imported = media_pool.ImportTimelineFromFile(plan["timeline"], {"timelineName": plan["timeline_name"]})
+        options = {"timelineName": plan["timeline_name"]}
+        imported = media_pool.ImportTimelineFromFile(plan["timeline"], options)
         if not imported:
             raise ScriptError(f"Resolve could not import {plan['timeline']}")
         project.SetCurrentTimeline(imported)
