@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magic141 import cli_args
+from magic141 import home as home_dir
 from magic141.cli_args import QUANT_CHOICES
 from magic141.protocol import CODECS, CONDITIONINGS, DEFAULT_MODEL, JobSpec, Source, codec_for, model_field
 from magic141.rational import rational_text
@@ -72,6 +73,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the engine service (a warm worker behind a local API)")
     serve.add_argument("--home", help="state directory (default: $MAGIC141_HOME or the user data folder)")
     serve.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    serve.add_argument("--idle-exit", type=_idle_seconds, default=home_dir.IDLE_EXIT, metavar="SECONDS",
+                       help=f"stop after this long with no job and no client; 0: never "
+                            f"(default {home_dir.IDLE_EXIT:g})")
     serve.set_defaults(handler=run_serve)
 
     info = commands.add_parser("info", help="describe a model: architecture, parameters, dtype, memory")
@@ -152,10 +156,29 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _idle_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 (never) or a number of seconds, got {text!r}")
+    return value
+
+
+_idle_seconds.__name__ = "idle-exit"  # argparse names the option in its one-line error
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    root = home_dir.home(args.home)
+    lock = home_dir.ServiceLock(root)
+    if not lock.acquire():  # before torch loads: a second service learns it at once
+        pid = home_dir.service_pid(root)
+        print(f"the engine service for {root} is already running (pid {pid or 'unknown'})")
+        return 0
     from .service import serve
 
-    serve(args.home, device=args.device)
+    serve(root, lock, device=args.device, idle_exit=args.idle_exit)
     return 0
 
 

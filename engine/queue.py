@@ -14,8 +14,10 @@ its attempts are spent; a CANCELLING one ends CANCELLED. Submission is idempoten
 results and progress are stored as JSON text; nothing is pickled, so a queue file is safe to share.
 
 Traps avoided:
-- ``recover()`` treats every RUNNING job as orphaned: call it once at engine start, and run one
-  engine per queue file (a second engine's ``recover()`` would take back the first one's jobs).
+- ``recover()`` treats every RUNNING job as orphaned: call it once at engine start, holding the
+  home's ``home.ServiceLock`` (a second engine's ``recover()`` would take back the first one's jobs,
+  and both would run them). ``claim()`` is one IMMEDIATE transaction, so two claimers, threads or
+  processes, never take one job.
 - A JobQueue holds an open SQLite connection: never share one across ``fork``; every process opens
   its own (the tests use subprocesses).
 - ``complete()`` on a job the user cancelled meanwhile ends it CANCELLED, not DONE: whoever asked to
@@ -323,8 +325,8 @@ class JobQueue:
                          error=f"the engine stopped during this job {job.attempts} times")
 
     def recover(self) -> builtins.list[Job]:  # `list` here is JobQueue.list
-        """Once, when an engine starts: give back every job a dead engine left RUNNING or CANCELLING.
-        Returns the jobs it changed, in their new state."""
+        """Once, when an engine starts, by the holder of the home's service lock: give back every job
+        a dead engine left RUNNING or CANCELLING. Returns the jobs it changed, in their new state."""
         with self._write() as db:
             rows = db.execute(f"{_SELECT} WHERE state IN (?, ?) ORDER BY created",
                               tuple(s.value for s in _ACTIVE)).fetchall()

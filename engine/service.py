@@ -16,6 +16,10 @@ API, version ``protocol.API_VERSION`` (JSON; a refused request is ``{"error": me
     POST /v1/jobs/{id}/retry         job (PENDING again; 409 unless it FAILED or was CANCELLED)
     POST /v1/queue/pause | resume    {"paused": bool}
     GET  /v1/events[?job=ID&after=N] server-sent events, one ``protocol.Event`` JSON per ``data:`` line
+
+One service per home (``home.ServiceLock``, taken by ``magic141 serve`` before anything else); only
+it recovers the queue. It stops by itself after ``idle_exit`` seconds with no job running or pending,
+no request and no open event stream, and a clean stop removes ``service.json``.
 """
 
 from __future__ import annotations
@@ -42,9 +46,40 @@ from magic141.protocol import API_VERSION, TERMINAL_STATES, Event, EventType, Jo
 
 from .events import EventHub
 from .queue import JobQueue
-from .worker import Worker
+from .worker import Worker, discard_unfinished
 
 log = logging.getLogger("magic141.service")
+
+_BUSY = (JobState.PENDING, JobState.RUNNING, JobState.CANCELLING)
+
+
+class Activity:
+    """The idle clock: when a client last asked something, and how many event streams are open. The
+    decision to stop and a request's arrival are ordered by one lock: a request either keeps the
+    service up or is refused (503) by a service already stopping, never accepted and then dropped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+        self._streams = 0
+        self.stopping = False
+
+    def touch(self) -> bool:
+        """A request arrives: True to serve it, False if the service is stopping."""
+        with self._lock:
+            self._last = time.monotonic()
+            return not self.stopping
+
+    def open_stream(self, change: int) -> None:
+        with self._lock:
+            self._streams += change
+            self._last = time.monotonic()
+
+    def stop_if_idle(self, seconds: float) -> bool:
+        with self._lock:
+            if not self._streams and time.monotonic() - self._last >= seconds:
+                self.stopping = True
+            return self.stopping
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -56,7 +91,10 @@ def _refuse(status: int, exc: Magic141Error) -> JSONResponse:
     return JSONResponse({"error": exc.message, "field": exc.field}, status_code=status)
 
 
-def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, default_output: Path) -> ASGIApp:
+def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, default_output: Path,
+              activity: Activity | None = None) -> ASGIApp:
+    activity = activity or Activity()
+
     async def health(request: Request) -> Response:
         from .memory import available_bytes
 
@@ -146,13 +184,17 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
             if job is not None and job.state in TERMINAL_STATES and not hub.has_ended(job.id):
                 yield _sse(Event.ending(job.id, job.state, job.result, job.error))
                 return
-            for event in hub.follow(job_id, after=after):
-                if event is None:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield _sse(event)
-                if job_id is not None and event.type.terminal:
-                    return
+            activity.open_stream(+1)  # someone is watching: not idle
+            try:
+                for event in hub.follow(job_id, after=after):
+                    if event is None:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield _sse(event)
+                    if job_id is not None and event.type.terminal:
+                        return
+            finally:
+                activity.open_stream(-1)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
@@ -179,6 +221,9 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
             if not hmac.compare_digest(given, expected):
                 await _error(401, "unauthorized")(scope, receive, send)
                 return
+            if not activity.touch():
+                await _error(503, "the engine service is stopping")(scope, receive, send)
+                return
         await app(scope, receive, send)
 
     return guard
@@ -194,17 +239,24 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def serve(root: Path | None = None, *, device: str | None = None, port: int = 0) -> None:
-    """Run the service until interrupted: recover the queue, start the worker, listen on loopback."""
+def serve(root: Path, lock: home_dir.ServiceLock, *, device: str | None = None, port: int = 0,
+          idle_exit: float = home_dir.IDLE_EXIT) -> None:
+    """Run the service until interrupted or idle for ``idle_exit`` seconds (0: never). ``lock`` must be
+    held (``magic141 serve`` takes it): only then are the queue's RUNNING jobs a dead engine's."""
     import uvicorn
 
-    root = home_dir.home(root)
+    if not lock.held:
+        raise ValueError("serve() needs the home's service lock held")
     logging.basicConfig(filename=root / "logs" / "service.log", level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    (root / "service.json").unlink(missing_ok=True)  # a dead service's address
     queue = JobQueue(root / "queue.db")
     recovered = queue.recover()
+    for job in recovered:
+        discard_unfinished(job)
     if recovered:
-        log.info("recovered %d jobs after an unclean stop", len(recovered))
+        log.info("recovered %d jobs after an unclean stop: %s", len(recovered),
+                 ", ".join(f"{job.id} {job.state.value}" for job in recovered))
     hub = EventHub()
     worker = Worker(queue, hub, device=device)
     token = home_dir.new_token(root)
@@ -213,21 +265,44 @@ def serve(root: Path | None = None, *, device: str | None = None, port: int = 0)
     sock.bind(("127.0.0.1", port))  # loopback only: nothing listens on other interfaces
     address = sock.getsockname()
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run_forever, args=(stop,), name="magic141-worker", daemon=True)
-    app = build_app(queue, hub, worker, token, root / "outputs")
+    activity = Activity()
+    app = build_app(queue, hub, worker, token, root / "outputs", activity)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
-    service_file = root / "service.json"
+    threads = [threading.Thread(target=worker.run_forever, args=(stop,), name="magic141-worker", daemon=True)]
+    if idle_exit > 0:
+        threads.append(threading.Thread(target=_exit_when_idle, args=(server, queue, worker, activity,
+                                                                     idle_exit, stop),
+                                        name="magic141-idle", daemon=True))
     home_dir.write_service(root, {
         "pid": os.getpid(),
         "url": f"http://{address[0]}:{address[1]}", "started": time.time(), "magic141": __version__,
     })
-    thread.start()
+    log.info("serving %s at %s:%d (pid %d)", root, *address, os.getpid())
+    for thread in threads:
+        thread.start()
     try:
         server.run(sockets=[sock])
     finally:
         stop.set()
-        data = home_dir.read_service(root)
-        if data and data.get("pid") == os.getpid():
-            service_file.unlink(missing_ok=True)
+        (root / "service.json").unlink(missing_ok=True)  # we hold the lock: the file is ours
+        threads[0].join(timeout=1)  # a worker between jobs stops; a job left RUNNING is recovered
         queue.close()
+        log.info("stopped")
+
+
+def _exit_when_idle(server, queue: JobQueue, worker: Worker, activity: Activity, idle_exit: float,
+                    stop: threading.Event) -> None:
+    poll = min(1.0, idle_exit / 4)
+    while not server.started:  # the idle clock starts once clients can be served
+        if stop.wait(0.05):
+            return
+    activity.touch()
+    while not stop.wait(poll):
+        counts = queue.counts()
+        if worker.current is not None or any(counts[state.value] for state in _BUSY):
+            activity.touch()  # the idle clock starts when the last job ends
+        elif activity.stop_if_idle(idle_exit):
+            log.info("no job, request or event stream for %g s: stopping", idle_exit)
+            server.should_exit = True
+            return

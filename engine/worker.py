@@ -2,12 +2,15 @@
 
 One worker runs one job at a time on one device. A second job on the same model and quantisation
 reuses the loaded engine (no load time). Every failure of a job is recorded on that job with a
-clear reason and the worker goes on to the next; nothing but the job's own state changes.
+clear reason and the worker goes on to the next; nothing but the job's own state changes. A job
+whose state someone else changed meanwhile (``JobConflict`` on recording it) is logged and left
+as it is: the worker thread never dies of it.
 """
 
 from __future__ import annotations
 
 import base64
+import glob
 import io
 import logging
 import socket
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import PIL.Image
 
-from magic141.errors import InvalidInput, JobCancelled, Magic141Error
+from magic141.errors import InvalidInput, JobCancelled, JobConflict, Magic141Error
 from magic141.protocol import EventType, JobResult, JobSpec, JobState
 
 from .events import EventHub
@@ -138,6 +141,29 @@ class JobRunner:
             torch.cuda.empty_cache()
 
 
+def discard_unfinished(job: Job) -> list[Path]:
+    """Delete what a dead engine left of a job that is not DONE: the hidden partial file of an
+    interrupted write, and media it renamed into place but never recorded (written since the job
+    was queued). Returns the paths deleted. Call it only for jobs ``recover()`` gave back."""
+    if job.state == JobState.DONE:
+        return []
+    try:
+        output = Path(JobSpec.from_json(job.spec).output_path(job.id))
+    except Magic141Error:
+        return []  # a spec that never ran wrote nothing
+    # The partial name is atomic.temporary_beside's: ".<name>.<random>.partial<suffix>".
+    found = [Path(p) for p in glob.glob(str(output.parent / f".{glob.escape(output.name)}.*.partial*"))]
+    try:
+        if output.stat().st_mtime >= job.created:
+            found.append(output)
+    except OSError:
+        pass
+    for path in found:
+        path.unlink(missing_ok=True)
+        log.info("job %s: deleted %s, left by a stopped engine", job.id, path)
+    return found
+
+
 def record(queue: JobQueue, hub: EventHub, job_id: str, outcome: Outcome) -> None:
     """Write a job's outcome to the queue (the record) and tell the event stream."""
     if outcome.state == JobState.DONE:
@@ -189,8 +215,11 @@ class Worker:
         if job is None:
             return False
         self.current = job.id
+        log.info("job %s: attempt %d on %s", job.id, job.attempts, self.name)
         try:
             self._run(job)
+        except JobConflict as exc:  # someone else changed the job meanwhile: theirs to decide
+            log.warning("job %s: left as it is: %s", job.id, exc)
         finally:
             self.current = None
         return True

@@ -1,8 +1,9 @@
 """The engine client: finds (or starts) the local engine service and talks to it. Never imports torch.
 
 The service's address is in ``$MAGIC141_HOME/service.json`` and its token in
-``$MAGIC141_HOME/token``. ``EngineClient.connect()`` reuses a running service or starts one as a
-new process (spawned, never forked from a process that may hold CUDA) and waits until it answers.
+``$MAGIC141_HOME/token``. ``EngineClient.connect()`` reuses a running service, waits for a starting
+one, or starts one as a new process (spawned, never forked from a process that may hold CUDA) and
+waits until it answers. A home has one service at most (``home.ServiceLock``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,37 @@ class EngineClient:
     # Finding and starting the service ----------------------------------------------------------
 
     def connect(self, *, start: bool = True, wait: float = 120.0) -> EngineClient:
+        """Reuse the home's service; wait for one that is starting (it holds the service lock but has
+        not published ``service.json`` yet); else start one, unless ``start`` is False. Clients
+        racing to start take turns on ``start.lock``: exactly one service starts."""
         if self._try_existing():
             return self
-        if not start:
-            raise EngineError(f"no engine service is running for {self.root}")
+        deadline = time.monotonic() + wait
+        process: subprocess.Popen | None = None
+        if home_dir.service_pid(self.root) is None:
+            if not start:
+                raise EngineError(f"no engine service is running for {self.root}")
+            with home_dir.starting(self.root, deadline) as ours:
+                if ours and not self._try_existing() and home_dir.service_pid(self.root) is None:
+                    process = self._start()
+                    # Hold start.lock until the new service holds its lock (or gave up), so the next
+                    # client in line finds it starting.
+                    while (home_dir.service_pid(self.root) is None and process.returncode is None
+                           and time.monotonic() < deadline):
+                        time.sleep(0.02)
+        while time.monotonic() < deadline:
+            if self._try_existing():
+                return self
+            ours_running = process is not None and process.returncode is None
+            if not ours_running and home_dir.service_pid(self.root) is None:  # no service, none coming
+                if process is not None and process.returncode:
+                    raise EngineError(f"the engine service exited with status {process.returncode}; "
+                                      f"see {self.root / 'logs'}")
+                return self.connect(start=start, wait=deadline - time.monotonic())  # it stopped: again
+            time.sleep(0.05)
+        raise EngineError(f"the engine service did not start within {wait:.0f} s; see {self.root / 'logs'}")
+
+    def _start(self) -> subprocess.Popen:
         log = open(self.root / "logs" / "service.out", "ab")
         try:
             process = subprocess.Popen(
@@ -56,12 +84,7 @@ class EngineClient:
         # The service outlives this client; a daemon thread reaps it if it exits while we run
         # (no zombie), and holds the Popen so it is never collected while the child still runs.
         threading.Thread(target=process.wait, name="magic141-service-reaper", daemon=True).start()
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self._try_existing():
-                return self
-            time.sleep(0.2)
-        raise EngineError(f"the engine service did not start within {wait:.0f} s; see {self.root / 'logs'}")
+        return process
 
     def _try_existing(self) -> bool:
         info = home_dir.read_service(self.root)
@@ -86,6 +109,17 @@ class EngineClient:
                                           timeout=timeout or self.timeout)
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        try:
+            return self._request(method, path, body)
+        except EngineError as exc:
+            if exc.status != 503:
+                raise
+        # Refused unread by a service stopping for idleness: wait for it to go, start one, ask again.
+        self._url = None
+        self.connect()
+        return self._request(method, path, body)
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         connection = self._connection()
         try:
             payload = json.dumps(body).encode() if body is not None else None

@@ -348,15 +348,32 @@ def submit_jobs(client, jobs: list[MarkerJob], *, priority: int = 0,
     return submitted
 
 
+RECONNECTS = 3  # engine restarts in a row that a wait rides out before it gives up
+
+
 def wait_for(client, ids: list[str], *, poll: float = 0.5, say: Callable[[str], None] = print,
              watch: Callable[[dict], None] | None = None) -> dict[str, dict]:
     """Poll until every job is DONE, FAILED or CANCELLED; report each as it ends (and every polled
-    record to ``watch``, e.g. for a progress bar). Returns id -> job."""
+    record to ``watch``, e.g. for a progress bar). Returns id -> job.
+
+    The queue outlives the engine: when the service stops answering (killed, crashed) the wait
+    reconnects, which starts a new service that takes the job up again, and goes on following the
+    same ids. Only what the queue's record says ends a job; a lost connection never does."""
     pending = list(ids)
     ended: dict[str, dict] = {}
+    lost = 0
     while pending:
         for ident in list(pending):
-            job = client.job(ident)
+            try:
+                job = client.job(ident)
+            except EngineError as exc:
+                if exc.status != 0 or lost >= RECONNECTS:
+                    raise
+                lost += 1
+                say(f"lost the engine service ({exc.message}); reconnecting")
+                client.connect()
+                break
+            lost = 0
             if watch is not None:
                 watch(job)
             if JobState(job["state"]).terminal:

@@ -229,9 +229,14 @@ def run_drain(args) -> int:
     from magic141 import home as home_dir
     from magic141.engine.queue import JobQueue
     from magic141.engine.worker import Worker
+    from magic141.errors import EngineError
 
     root = home_dir.home(args.home)
-    with JobQueue(root / "queue.db") as queue:
+    lock = home_dir.ServiceLock(root)
+    if not lock.acquire():  # a service runs this queue: recovering would take its running jobs
+        raise EngineError(f"the engine service (pid {home_dir.service_pid(root) or 'unknown'}) runs this "
+                          "queue; stop it first, or let it run the jobs")
+    with lock, JobQueue(root / "queue.db") as queue:
         queue.recover()  # jobs a dead engine left RUNNING
         if args.ray:
             from magic141.engine.ray_dispatch import RayDispatcher

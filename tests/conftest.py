@@ -32,21 +32,28 @@ def sample_image():
 
 
 def stop_service(root: Path, timeout: float = 10.0) -> None:
-    """Kill the engine service a test started under ``root`` (tests leave no server behind) and wait
-    until it is gone, so that a client started next never finds it still alive."""
+    """Kill the engine service a test started under ``root`` (tests leave no server behind), be it
+    serving or still starting, and wait until it is gone, so that a client started next never finds
+    it still alive."""
     from magic141 import home as home_dir
 
-    info = home_dir.read_service(root) if root.exists() else None
-    if not info:
+    if not root.exists():
         return
+    info = home_dir.read_service(root)
+    for pid in {home_dir.service_pid(root), info and info.get("pid")} - {None, 0}:
+        kill_and_wait(pid, timeout)
+
+
+def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (reaped by its parent's reaper thread, or init)."""
     try:
-        os.kill(info["pid"], signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # gone once reaped (by the client's reaper thread, or init)
+    while time.monotonic() < deadline:
         try:
-            os.kill(info["pid"], 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return
         time.sleep(0.02)

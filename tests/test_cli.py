@@ -120,6 +120,7 @@ def test_info_says_the_world_model_runs_its_teacher(cli):
         (["--fps", "24/0"], "--fps"),
         (["--fps", "fast"], "--fps"),
         (["--height", "33"], "error: --height: must be a multiple of 16"),
+        (["--height", "24"], "error: --height: must be a multiple of 16"),  # as the README says: not 8
         (["--width", "50", "--height", "32"], "error: --width: "),
         (["--cfg", "0.5"], "error: --cfg: must be a number >= 1"),  # the field is "guidance"
         (["--model", "nowhere/model"], "error: --model: 'nowhere/model' is neither"),

@@ -21,7 +21,7 @@ import pytest
 
 from magic141.cli import main
 from magic141.engine import media
-from magic141.errors import InvalidInput, TimelineError
+from magic141.errors import EngineError, InvalidInput, TimelineError
 from magic141.plugin import markers
 from magic141.plugin import timeline as tl
 from magic141.plugin.client import EngineClient
@@ -386,3 +386,79 @@ def test_install_writes_menu_scripts_that_know_this_python(tmp_path):
                           check=False)
     assert done.returncode == 0 and done.stdout.strip() == (
         "Magic141: run this from DaVinci Resolve's Workspace > Scripts menu")
+
+
+class _RestartingEngine:
+    """A client whose service stops answering ``losses`` times in a row, then answers again."""
+
+    def __init__(self, records: list, losses: int = 1) -> None:
+        self.records, self.losses, self.connects = list(records), losses, 0
+
+    def job(self, job_id: str) -> dict:
+        record = self.records[0]
+        if record == "lost":
+            if self.losses == 0:
+                self.records.pop(0)
+                return self.job(job_id)
+            self.losses -= 1
+            raise EngineError("cannot reach the engine service: connection refused", 0)
+        if len(self.records) > 1:
+            self.records.pop(0)
+        return record
+
+    def connect(self) -> _RestartingEngine:
+        self.connects += 1
+        return self
+
+
+def test_a_wait_rides_out_an_engine_restart_and_ends_as_the_queue_says():
+    done = {"id": "j1", "state": "DONE", "result": {"path": "/out/a.mp4"}, "error": None}
+    engine = _RestartingEngine([{"id": "j1", "state": "RUNNING"}, "lost", done], losses=2)
+    said: list[str] = []
+    ended = markers.wait_for(engine, ["j1"], poll=0, say=said.append)
+    assert ended["j1"]["state"] == "DONE" and engine.connects == 2
+    assert sum("reconnecting" in line for line in said) == 2  # and never "FAILED"
+    assert not any("FAILED" in line for line in said)
+
+
+def test_a_wait_gives_up_after_repeated_losses_and_never_on_a_refusal():
+    engine = _RestartingEngine([{"id": "j1", "state": "RUNNING"}, "lost"], losses=markers.RECONNECTS + 1)
+    with pytest.raises(EngineError, match="cannot reach"):
+        markers.wait_for(engine, ["j1"], poll=0, say=lambda line: None)
+    assert engine.connects == markers.RECONNECTS
+
+    class Refusing(_RestartingEngine):
+        def job(self, job_id):
+            raise EngineError("no job with id 'j1'", 404)
+
+    refusing = Refusing([])
+    with pytest.raises(EngineError, match="no job"):
+        markers.wait_for(refusing, ["j1"], poll=0, say=lambda line: None)
+    assert refusing.connects == 0
+
+
+@pytest.mark.slow
+def test_a_wait_follows_its_job_through_a_kill_9_of_the_engine(tmp_path):
+    from conftest import SAMPLE_IMAGE, stop_service
+
+    from magic141.protocol import EventType, JobSpec
+
+    root = tmp_path / "home"
+    client = EngineClient(root).connect()
+    try:
+        spec = JobSpec.from_json({
+            "version": 1, "source": {"kind": "image", "path": str(SAMPLE_IMAGE)}, "prompt": "a ball",
+            "seconds": "6", "fps": "24", "height": 32, "width": 48, "model": "tiny",
+            "output_dir": str(tmp_path / "out")})
+        client.submit(spec, job_id="long")
+        for event in client.events("long"):
+            if event.type == EventType.STEP:
+                break
+        stop_service(root)  # kill -9 mid-job: the queue still holds it RUNNING
+        said: list[str] = []
+        ended = markers.wait_for(client, ["long"], poll=0.2, say=said.append)
+        assert ended["long"]["state"] == "DONE" and ended["long"]["attempts"] == 2
+        assert any("reconnecting" in line for line in said)
+        assert Path(ended["long"]["result"]["path"]).is_file()
+    finally:
+        stop_service(root)

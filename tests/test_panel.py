@@ -26,7 +26,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports
 import opentimelineio as otio
 import pytest
 from PIL import Image
-from PySide6.QtCore import QPoint, Qt, QTimer
+from PySide6.QtCore import QElapsedTimer, QPoint, Qt, QTimer
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
 from magic141 import home as home_dir
@@ -50,7 +51,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.specs: dict[str, JobSpec] = {}
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, dict | Exception] = {}  # what job(id) answers (or raises)
         self.record_reads: list[str] = []
         self.cancelled: list[str] = []
         self.cancel_refusal: Exception | None = None  # what cancel raises, once ``cancel_gate`` opens
@@ -59,16 +60,25 @@ class FakeEngine:
         self.refuse: Exception | None = None  # what submit raises, if anything
         self.accepting = threading.Event()  # cleared: submit waits (the engine is still starting)
         self.accepting.set()
+        self.down = threading.Event()  # set: the service is gone (connect, job and cancel are refused)
+        self.refused_connects = 0
         self._streams: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
 
     # EngineClient's side
 
     def connect(self, *, start: bool = True) -> FakeEngine:
+        self._reachable("connect")
         return self
 
+    def _reachable(self, what: str) -> None:
+        if self.down.is_set():
+            if what == "connect":
+                self.refused_connects += 1
+            raise EngineError("cannot reach the engine service at http://127.0.0.1:1: connection refused")
+
     def health(self) -> dict:
-        return {"device": "fake", "free_memory": 3 * 2**30, "loaded_models": ["tiny"],
+        return {"device": "fake", "free_memory": 3 * 2**30, "loaded_models": ["tiny (none)"],  # as served
                 "queue": {"PENDING": 0}}
 
     def submit(self, spec: JobSpec, *, job_id: str | None = None, priority: int = 0) -> dict:
@@ -91,10 +101,15 @@ class FakeEngine:
             yield item
 
     def job(self, job_id: str) -> dict:
+        self._reachable("job")
         self.record_reads.append(job_id)
-        return self.records[job_id]
+        record = self.records[job_id]
+        if isinstance(record, Exception):
+            raise record
+        return record
 
     def cancel(self, job_id: str) -> dict:
+        self._reachable("cancel")
         self.cancelled.append(job_id)
         self.cancel_gate.wait(10)
         if self.cancel_refusal is not None:
@@ -212,11 +227,18 @@ def row_text(panel: Magic141Panel, job_id: str) -> str:
     return panel.jobs.row(job_id).status.text()
 
 
+def another_request(panel: Magic141Panel) -> None:
+    """Change the (locked) seed, as an editor asking for another job changes something: the same
+    request again, inside the double-click interval or while the first is in flight, is refused."""
+    panel.prompt.seed.setValue(panel.prompt.seed.value() + 1)
+
+
 def press_extend(qtbot, panel: Magic141Panel, engine: FakeEngine, *, seconds: float = 1.0) -> str:
     """Extend the selected clip from the viewer's frame; the job's id once the engine has it."""
     if not panel.prompt.prompt.toPlainText():
         qtbot.keyClicks(panel.prompt.prompt, PROMPT)
     panel.prompt.seconds.setValue(seconds)
+    another_request(panel)
     qtbot.mouseClick(panel.prompt.extend_button, Qt.MouseButton.LeftButton)
     job_id = panel.controller.active()[0]
     qtbot.waitUntil(lambda: job_id in engine.specs, timeout=5000)
@@ -359,6 +381,7 @@ def test_a_failed_job_says_why_in_the_panels_words(qtbot, fake_panel, engine, sa
 
     # A job the engine refuses outright: the error's field, phrased for the panel.
     engine.refuse = EngineError("is empty; describe what should happen", 400, field="prompt")
+    another_request(panel)
     qtbot.mouseClick(panel.prompt.extend_button, Qt.MouseButton.LeftButton)
     refused = panel.controller.active()[0]
     wait_state(qtbot, panel, refused, JobPhase.FAILED)
@@ -405,6 +428,7 @@ def test_cancel_stops_the_job_and_adds_nothing(qtbot, fake_panel, engine, sample
 
     # Ctrl+. before the engine has even accepted the job: the cancel goes once it has.
     engine.accepting.clear()
+    another_request(panel)
     qtbot.mouseClick(panel.prompt.extend_button, Qt.MouseButton.LeftButton)
     early = panel.controller.active()[0]
     panel.jobs.setFocus()
@@ -428,15 +452,15 @@ def test_a_cancel_too_late_leaves_the_finished_clip_in_place(qtbot, fake_panel, 
     qtbot.waitUntil(lambda: engine.cancelled == [job_id], timeout=5000)
     engine.send(job_id, EventType.FINISHED, result=engine.make_media(job_id))
     wait_state(qtbot, panel, job_id, JobPhase.FINISHED)
-    with qtbot.waitSignal(panel.bridge.job_error, timeout=5000):
+    with qtbot.waitSignal(panel.bridge.cancel_failed, timeout=5000):
         engine.cancel_gate.set()  # ... and is refused: the job had ended, which is no failure
     qtbot.waitUntil(lambda: not panel.document.modified, timeout=5000)
     assert state(panel, job_id) is JobPhase.FINISHED and row_text(panel, job_id).startswith("added ")
     assert clip_names(panel) == ["Plate A", "Plate A ext", "Plate B"]
-    assert panel.message.level == "info"
+    assert panel.message.level == "info"  # the cancel's refusal is not said once the job has ended
 
 
-def test_a_lost_event_stream_asks_the_jobs_record_once(qtbot, fake_panel, engine, sample):
+def test_a_stream_that_ends_early_is_settled_by_the_jobs_record(qtbot, fake_panel, engine, sample):
     panel = fake_panel
     open_in(qtbot, panel, sample)
     click_clip(qtbot, panel, "Plate A")
@@ -458,22 +482,76 @@ def test_a_lost_event_stream_asks_the_jobs_record_once(qtbot, fake_panel, engine
     assert row_text(panel, failed) == "Failed: Out of memory on cuda:0"
     assert engine.record_reads == [done, failed]
 
-    # ... the record says it still runs: not guessed, said.
+    # ... the record says it still runs: followed again by id, and placed when it finishes.
     running = press_extend(qtbot, panel, engine)
     engine.records[running] = {"state": "RUNNING", "result": None, "error": None}
     engine.end_stream(running)
-    wait_state(qtbot, panel, running, JobPhase.FAILED)
-    assert "the event stream ended while the job was running" in row_text(panel, running)
-    assert engine.record_reads == [done, failed, running]
+    wait_state(qtbot, panel, running, JobPhase.LOADING)
+    qtbot.waitUntil(lambda: engine.record_reads == [done, failed, running], timeout=5000)
+    assert panel.message.text() == f"Job {running}: reconnected to the engine; following the job again"
+    engine.send(running, EventType.STEP, step=2, total=4)
+    wait_state(qtbot, panel, running, JobPhase.GENERATING)
+    engine.send(running, EventType.FINISHED, result=engine.make_media(running))
+    wait_state(qtbot, panel, running, JobPhase.FINISHED)
+    assert len(clip_names(panel)) == 4 and row_text(panel, running).startswith("added ")
 
-    # The connection drops mid-stream.
-    dropped = press_extend(qtbot, panel, engine)
-    engine.break_stream(dropped, EngineError("lost the engine service's event stream: connection reset"))
-    wait_state(qtbot, panel, dropped, JobPhase.FAILED)
-    assert panel.message.text() == (f"Job {dropped}: lost the engine while following the job: lost the "
-                                    "engine service's event stream: connection reset")
-    assert engine.record_reads == [done, failed, running]  # a broken stream is not a finished one
-    assert clip_names(panel) == ["Plate A", "Plate A ext", "Plate B"]
+    # ... the queue no longer knows it (another home, a wiped queue): nothing to wait for.
+    gone = press_extend(qtbot, panel, engine)
+    engine.records[gone] = EngineError(f"no job {gone}", 404)
+    engine.end_stream(gone)
+    wait_state(qtbot, panel, gone, JobPhase.FAILED)
+    assert row_text(panel, gone) == "Failed: The engine's queue no longer has this job"
+
+
+def test_after_the_engine_dies_mid_job_the_panel_reattaches_and_places_the_clip(qtbot, fake_panel, engine,
+                                                                                 sample):
+    """Issue 14, item 2: the service dies while the job runs; the restarted service runs it again."""
+    panel = fake_panel
+    open_in(qtbot, panel, sample)
+    click_clip(qtbot, panel, "Plate A")
+    job_id = press_extend(qtbot, panel, engine)
+    engine.send(job_id, EventType.STEP, step=1, total=4)
+    wait_state(qtbot, panel, job_id, JobPhase.GENERATING)
+
+    # The service dies: its stream breaks and nothing answers.
+    engine.down.set()
+    engine.break_stream(job_id, EngineError("lost the engine service's event stream: connection reset"))
+    wait_state(qtbot, panel, job_id, JobPhase.RECONNECTING)
+    qtbot.waitUntil(lambda: engine.refused_connects >= 2, timeout=5000)  # it keeps trying, backing off
+    row = panel.jobs.row(job_id)
+    assert row.status.text().startswith("reconnecting to the engine… (Lost the engine: ")
+    assert row.cancel.isVisible() and row.cancel.isEnabled()
+    assert panel.message.level == "info" and "reconnecting" in panel.message.text()
+    assert state(panel, job_id) is JobPhase.RECONNECTING  # not "failed": the queue still has the job
+
+    # The service is back (connect() found or started it); its queue ran the job again: RUNNING.
+    engine.records[job_id] = {"state": "RUNNING", "result": None, "error": None}
+    engine.down.clear()
+    wait_state(qtbot, panel, job_id, JobPhase.LOADING)
+    engine.send(job_id, EventType.STEP, step=3, total=4)
+    wait_state(qtbot, panel, job_id, JobPhase.GENERATING)
+    result = engine.make_media(job_id)
+    with qtbot.waitSignal(panel.clip_added, timeout=5000) as added:
+        engine.send(job_id, EventType.FINISHED, result=result)
+    assert added.args[0].name == "Plate A ext"
+    assert state(panel, job_id) is JobPhase.FINISHED
+    qtbot.waitUntil(lambda: not panel.document.modified, timeout=5000)
+    saved = tl.open_timeline(sample)
+    assert tl.find_clip(saved, "Plate A ext").media_path == Path(result.path)  # its media is on the timeline
+
+    # A cancel asked for while the engine is away is sent once the job is followed again.
+    doomed = press_extend(qtbot, panel, engine)
+    engine.down.set()
+    engine.end_stream(doomed)
+    wait_state(qtbot, panel, doomed, JobPhase.RECONNECTING)
+    qtbot.mouseClick(panel.jobs.row(doomed).cancel, Qt.MouseButton.LeftButton)
+    assert state(panel, doomed) is JobPhase.CANCELLING and engine.cancelled == []
+    engine.records[doomed] = {"state": "PENDING", "result": None, "error": None}
+    engine.down.clear()
+    qtbot.waitUntil(lambda: engine.cancelled == [doomed], timeout=5000)
+    engine.send(doomed, EventType.CANCELLED)
+    wait_state(qtbot, panel, doomed, JobPhase.CANCELLED)
+    assert len(clip_names(panel)) == 3
 
 
 def test_a_job_that_ends_after_its_timeline_was_closed_keeps_its_media(qtbot, fake_panel, engine, sample,
@@ -569,11 +647,272 @@ def test_before_a_timeline_is_open_the_footer_shows_the_engine_and_extend_says_w
         qtbot, fake_panel, engine):
     panel = fake_panel
     qtbot.waitUntil(lambda: panel.engine_status.status is not None, timeout=5000)
-    assert panel.engine_status.text() == "Engine: fake · 3.0 GiB free · model tiny"
+    assert panel.engine_status.full_text == "Engine: fake · 3.0 GiB free · model tiny, full precision"
     qtbot.keyClicks(panel.prompt.prompt, PROMPT)
     qtbot.mouseClick(panel.prompt.extend_button, Qt.MouseButton.LeftButton)
     assert panel.message.text() == "Open a timeline first" and panel.message.level == "error"
     assert panel.jobs.job_ids() == [] and engine.specs == {}
+
+
+# Unsaved edits: Save / Discard / Cancel (issue 14, item 6) -------------------------------------------
+
+
+@pytest.fixture
+def answers(monkeypatch):
+    """The answers the "Save the changes?" box gives, in turn; ``asked`` keeps what each box said."""
+    from PySide6.QtWidgets import QMessageBox
+
+    given: list[QMessageBox.StandardButton] = []
+    asked: list[str] = []
+
+    def exec_(box: QMessageBox) -> int:
+        asked.append(box.text())
+        assert box.standardButtons() == (QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                         | QMessageBox.StandardButton.Cancel)
+        return given.pop(0).value
+
+    monkeypatch.setattr(QMessageBox, "exec", exec_)
+    return given, asked
+
+
+def place_then_undo(qtbot, panel: Magic141Panel, engine: FakeEngine, sample: Path) -> None:
+    """A generated clip placed (and saved), then undone: the timeline on disk still has it."""
+    open_in(qtbot, panel, sample)
+    click_clip(qtbot, panel, "Plate A")
+    job_id = press_extend(qtbot, panel, engine)
+    engine.send(job_id, EventType.FINISHED, result=engine.make_media(job_id))
+    wait_state(qtbot, panel, job_id, JobPhase.FINISHED)
+    qtbot.waitUntil(lambda: not panel.document.modified, timeout=5000)
+    panel.undo()
+    assert panel.document.modified and clip_names(panel) == ["Plate A", "Plate B"]
+
+
+def on_disk(sample: Path) -> list[str]:
+    return [c.name for c in otio.adapters.read_from_file(str(sample)).find_clips()]
+
+
+def file_dialogs(panel: Magic141Panel) -> list:
+    from PySide6.QtWidgets import QFileDialog
+
+    return [d for d in panel.findChildren(QFileDialog) if d.isVisible()]
+
+
+def test_quitting_after_an_edit_asks_save_discard_or_cancel(qtbot, home, engine, sample, answers):
+    from PySide6.QtWidgets import QMessageBox
+
+    from magic141.ui.app import MainWindow
+
+    given, asked = answers
+    window = MainWindow(home=str(home), client=engine)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    place_then_undo(qtbot, window.panel, engine, sample)
+    assert window.windowTitle() == "sample.otio * — Magic141"
+
+    given.append(QMessageBox.StandardButton.Cancel)  # Cancel: the window stays, the edit too
+    assert not window.close()
+    assert window.isVisible() and window.panel.document.modified
+    assert asked == ["Save the changes to sample.otio?"]
+    assert on_disk(sample) == ["Plate A", "Plate A ext", "Plate B"]
+
+    given.append(QMessageBox.StandardButton.Save)  # Save: saved, then the window closes
+    window.close()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=5000)
+    assert on_disk(sample) == ["Plate A", "Plate B"] and len(asked) == 2
+    assert given == []
+
+
+def test_closing_the_panel_or_opening_another_timeline_asks_first(qtbot, fake_panel, engine, sample,
+                                                                   answers):
+    from PySide6.QtWidgets import QMessageBox
+
+    given, asked = answers
+    panel = fake_panel
+    place_then_undo(qtbot, panel, engine, sample)
+
+    # Open… with unsaved edits: Cancel shows no file dialog; Discard goes on to it.
+    given.append(QMessageBox.StandardButton.Cancel)
+    panel.choose_timeline()
+    assert file_dialogs(panel) == [] and panel.document.modified
+    assert asked == ["Save the changes to sample.otio?"]
+    given.append(QMessageBox.StandardButton.Discard)
+    panel.choose_timeline()
+    (dialog,) = file_dialogs(panel)
+    dialog.reject()
+    assert on_disk(sample) == ["Plate A", "Plate A ext", "Plate B"]  # discarding writes nothing
+
+    # ... Save saves first, then shows the dialog.
+    given.append(QMessageBox.StandardButton.Save)
+    panel.choose_timeline()
+    qtbot.waitUntil(lambda: len(file_dialogs(panel)) == 1, timeout=5000)
+    file_dialogs(panel)[0].reject()
+    assert on_disk(sample) == ["Plate A", "Plate B"] and not panel.document.modified
+
+    # Nothing unsaved: nothing asked.
+    panel.choose_timeline()
+    file_dialogs(panel)[0].reject()
+    assert len(asked) == 3
+
+    # Closing the panel itself (a host closing it, or it as a window): asked too; Discard closes.
+    panel.redo()
+    given.append(QMessageBox.StandardButton.Cancel)
+    assert not panel.close() and panel.isVisible()
+    given.append(QMessageBox.StandardButton.Discard)
+    assert panel.close() and not panel.isVisible()
+    assert on_disk(sample) == ["Plate A", "Plate B"] and len(asked) == 5 and given == []
+
+
+# One job per click (issue 14, item 7) -----------------------------------------------------------------
+
+
+def test_a_double_click_on_extend_queues_one_job(qtbot, fake_panel, engine, sample):
+    panel = fake_panel
+    open_in(qtbot, panel, sample)
+    click_clip(qtbot, panel, "Plate A")
+    qtbot.keyClicks(panel.prompt.prompt, PROMPT)
+    button = panel.prompt.extend_button
+    timer = QElapsedTimer()
+
+    # Two clicks inside the double-click interval, the seed locked.
+    timer.start()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    assert timer.elapsed() < QApplication.doubleClickInterval()
+    first = panel.controller.active()
+    assert len(first) == 1 and len(panel.jobs.job_ids()) == 1
+    qtbot.waitUntil(lambda: first[0] in engine.specs, timeout=5000)
+
+    # A double-click with the seed unlocked (each request would draw a new seed): still one job.
+    panel.prompt.seed_lock.setChecked(False)
+    panel.prompt.seconds.setValue(1.0)  # another request than the first
+    clicks: list[int] = []
+    button.clicked.connect(lambda: clicks.append(1))
+    timer.start()  # what a real double-click delivers: press, release, double-click press, release
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    qtbot.mouseDClick(button, Qt.MouseButton.LeftButton)
+    qtbot.mouseRelease(button, Qt.MouseButton.LeftButton)
+    assert timer.elapsed() < QApplication.doubleClickInterval() and len(clicks) == 2
+    assert len(panel.jobs.job_ids()) == 2
+    qtbot.waitUntil(lambda: len(engine.specs) == 2, timeout=5000)
+
+    # The same request again later, while the first is still running: refused, and said why.
+    again = engine.specs[first[0]]
+    settings = dataclasses.replace(panel.prompt.settings(), seconds=Fraction(2), seed=again.seed)
+    assert panel.controller.extend(panel.selected_clip(), panel.viewer.frame, settings) is None
+    assert panel.message.text().startswith(f"Job {first[0]} is already making this clip")
+    assert panel.message.level == "error" and len(engine.specs) == 2
+
+    # ... once it has ended, the same request is a new job.
+    engine.send(first[0], EventType.CANCELLED)
+    wait_state(qtbot, panel, first[0], JobPhase.CANCELLED)
+    assert panel.controller.extend(panel.selected_clip(), panel.viewer.frame, settings) is not None
+
+
+# At a docked size (issue 14, item 9) ----------------------------------------------------------------
+
+
+def docked(qtbot, panel: Magic141Panel) -> Magic141Panel:
+    panel.resize(760, 480)
+    qtbot.waitUntil(lambda: panel.width() == 760 and panel.height() == 480, timeout=5000)
+    return panel
+
+
+def test_at_a_docked_size_the_settings_fit_and_scroll(qtbot, fake_panel, engine, sample):
+    panel = docked(qtbot, fake_panel)
+    open_in(qtbot, panel, sample)
+    prompt = panel.prompt
+    fields = [prompt.seconds, prompt.seed, prompt.steps, prompt.model, prompt.quality, prompt.memory,
+              prompt.mode]
+    area = prompt.settings_area
+    for combo in (prompt.model, prompt.quality, prompt.memory, prompt.mode):
+        widest = max(combo.itemText(i) for i in range(combo.count()))
+        for i in range(combo.count()):  # every choice fits whole, whichever is picked
+            combo.setCurrentIndex(i)
+        assert combo.width() >= combo.sizeHint().width(), widest
+    for field in fields:
+        assert field.width() >= field.minimumSizeHint().width(), field
+        assert field.height() >= field.sizeHint().height(), field  # not squashed
+        assert area.widget().width() <= area.viewport().width()  # nothing hidden to the right
+    # Too tall for the room: the settings scroll to the last one; the buttons stay in view.
+    assert area.verticalScrollBar().maximum() > 0
+    area.ensureWidgetVisible(prompt.mode)
+    mode_top = prompt.mode.mapTo(area.viewport(), QPoint(0, 0)).y()
+    assert 0 <= mode_top and mode_top + prompt.mode.height() <= area.viewport().height()
+    for button in (prompt.extend_button, prompt.generate_button):
+        corner = button.mapTo(panel, QPoint(button.width(), button.height()))
+        assert button.isVisible() and corner.x() <= panel.width() and corner.y() <= panel.height()
+
+
+def test_at_a_docked_size_the_panel_reads_right(qtbot, fake_panel, engine, sample, tmp_path):
+    panel = docked(qtbot, fake_panel)
+    open_in(qtbot, panel, sample)
+
+    # Disabled Undo and Redo look disabled: their text is dim next to Open's.
+    assert not panel.undo_button.isEnabled() and not panel.redo_button.isEnabled()
+
+    def brightest(button) -> int:
+        image = button.grab().toImage()
+        return max(QColor(image.pixel(x, y)).lightness() for x in range(image.width())
+                   for y in range(image.height()))
+
+    assert brightest(panel.undo_button) < brightest(panel.open_button) - 80
+    assert panel.undo_button.palette().color(QPalette.ColorGroup.Disabled, QPalette.ColorRole.ButtonText) != \
+        panel.open_button.palette().color(QPalette.ColorGroup.Active, QPalette.ColorRole.ButtonText)
+
+    # A job's long title ends in an ellipsis, cut at a whole character, never past its row.
+    click_clip(qtbot, panel, "Plate A")
+    long_prompt = "the ball keeps rolling right across the whole wide floor until it meets the far wall"
+    qtbot.keyClicks(panel.prompt.prompt, long_prompt)
+    job_id = press_extend(qtbot, panel, engine)
+    title = panel.jobs.row(job_id).title
+    qtbot.waitUntil(lambda: title.text().endswith("…"), timeout=5000)
+    assert title.full_text.endswith(long_prompt) and title.full_text.startswith(title.text()[:-1])
+    assert title.fontMetrics().horizontalAdvance(title.text()) <= title.contentsRect().width()
+    assert panel.jobs.row(job_id).cancel.isVisible()
+
+    # The ruler's last label is drawn whole, inside the strip.
+    labels = panel.strip.ruler_labels()
+    assert [label.text() for label in labels] == ["01:00:00:00", "01:00:01:00", "01:00:02:00", "01:00:03:00"]
+    for label in labels:
+        box = panel.strip.mapFromScene(label.sceneBoundingRect()).boundingRect()
+        assert 0 <= box.left() and box.right() <= panel.strip.viewport().width(), label.text()
+
+    # The footer says the weights' precision in words, never "(none)".
+    panel.bridge.refresh_status()
+    qtbot.waitUntil(lambda: panel.engine_status.status is not None, timeout=5000)
+    assert "(none)" not in panel.engine_status.full_text
+    assert panel.engine_status.full_text.endswith("model tiny, full precision")
+
+    # The Open dialog starts in the open timeline's folder.
+    panel.choose_timeline()
+    (dialog,) = file_dialogs(panel)
+    assert Path(dialog.directory().absolutePath()) == sample.parent.resolve()
+    dialog.reject()
+
+
+def test_the_viewer_shows_the_timelines_timecode_at_the_frame(qtbot, fake_panel, sample):
+    panel = fake_panel
+    timeline = otio.adapters.read_from_file(str(sample))
+    timeline.global_start_time = otio.opentime.from_timecode("01:00:00:00", 24)
+    otio.adapters.write_to_file(timeline, str(sample))
+    open_in(qtbot, panel, sample)
+    click_clip(qtbot, panel, "Plate B")
+    panel.viewer.slider.setValue(7)
+    first = panel.strip.item_span(panel.selected_clip())[0]
+    at = otio.opentime.RationalTime(first + 7, 24) + otio.opentime.from_timecode("01:00:00:00", 24)
+    assert panel.viewer.timecode.text() == otio.opentime.to_timecode(at, 24) == "01:00:01:19"
+
+
+def test_timecode_is_exact_at_a_fractional_rate():
+    from magic141.ui.frames import timecode
+
+    rate = otio.opentime.RationalTime(0, 24000 / 1001).rate
+    timeline = otio.schema.Timeline()
+    timeline.global_start_time = otio.opentime.from_timecode("00:59:00:00", rate)
+    doc = tl.TimelineDoc(Path("t.otio"), timeline, Fraction(24000, 1001), "otio_json", Path("."))
+    at = otio.opentime.RationalTime(86313, rate) + timeline.global_start_time
+    assert timecode(doc, 86313) == otio.opentime.to_timecode(at, rate) == "01:58:56:09"
 
 
 # End to end on a real engine service ---------------------------------------------------------------
@@ -638,7 +977,7 @@ def test_extend_undo_cancel_and_generate_from_text_in_the_panel(qtbot, panel, sa
     assert "added 'Plate A ext' on V1 at frame 36, 24 frames" in row.status.text()
     qtbot.waitUntil(lambda: panel.engine_status.status is not None and panel.engine_status.status.running,
                     timeout=10000)
-    assert "cpu" in panel.engine_status.text() and "tiny" in panel.engine_status.text()
+    assert "cpu" in panel.engine_status.full_text and "tiny" in panel.engine_status.full_text
 
     # The saved timeline holds it, with how it was made.
     saved = otio.adapters.read_from_file(str(sample))

@@ -357,3 +357,37 @@ def test_threads_sharing_one_queue_never_take_the_same_job(queue):
     for thread in threads:
         thread.join()
     assert len(claimed) == len(set(claimed)) == 60
+
+
+@pytest.mark.slow
+def test_2_worker_processes_never_run_the_same_job(tmp_path, spawn):
+    """The whole worker loop (claim, run, record) in two processes at once: each job runs once."""
+    with JobQueue(tmp_path / "q.db") as q:
+        for i in range(30):
+            q.submit({"i": i}, job_id=f"job-{i}")
+    code = """
+    import os
+    from magic141.engine.worker import Outcome, Worker
+    from magic141.protocol import JobState
+    worker = Worker(q, name=str(os.getpid()))
+    ran = []
+    def execute(job_id, spec, progress=None, cancel=None):
+        ran.append(job_id)
+        time.sleep(0.01)  # a little work, so both processes take part
+        return Outcome(JobState.FAILED, reason=f"ran by {worker.name}")
+    worker.runner.execute = execute
+    print("ready", flush=True)  # once torch is imported, or one process drains all before the other starts
+    sys.stdin.readline()
+    worker.drain()
+    print(worker.name, " ".join(ran))
+    """
+    outputs = _start_together([spawn(code) for _ in range(2)])
+    runs = {out.split()[0]: out.split()[1:] for out in outputs}
+    assert len(runs) == 2 and all(runs.values())  # both took part
+    ran = [job_id for ids in runs.values() for job_id in ids]
+    assert sorted(ran) == sorted(f"job-{i}" for i in range(30))  # each exactly once
+    with JobQueue(tmp_path / "q.db") as q:
+        for pid, ids in runs.items():
+            for job_id in ids:
+                job = q.get(job_id)
+                assert job.attempts == 1 and job.error == f"ran by {pid}"

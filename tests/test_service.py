@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,6 +23,7 @@ from conftest import stop_service
 
 from magic141 import home as home_dir
 from magic141.engine import media
+from magic141.engine.queue import JobQueue
 from magic141.errors import EngineError
 from magic141.plugin.client import EngineClient
 from magic141.protocol import RESULT_VERSION, SPEC_VERSION, EventType, JobSpec, JobState
@@ -135,6 +141,7 @@ def test_kill_9_mid_job_then_restart_completes_it_and_keeps_the_queue(tmp_path):
         for job_id in queued:
             assert final_state(restarted, job_id)["state"] == "DONE"
         assert long_job["id"] == "long"
+        assert not list((tmp_path / "out").glob(".*.partial*"))  # the killed write was cleaned up
     finally:
         stop_service(root)
 
@@ -193,3 +200,155 @@ def _submit_200_from_4_clients(service: EngineClient, tmp_path: Path) -> None:
     ids = [job["id"] for job in service.jobs() if job["id"].startswith(("c0-", "c1-", "c2-", "c3-"))]
     assert len(ids) == len(set(ids)) == 200
     assert service.health()["queue"]["PENDING"] == 200  # the other tests' jobs have all ended
+
+
+# One service per home ---------------------------------------------------------------------------
+
+MAGIC141 = [sys.executable, "-m", "magic141"]
+
+
+def serve_processes(root: Path) -> list[int]:
+    """Pids of the live `magic141 serve` processes of ``root`` (from /proc: the test runs on Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"serve" in argv and str(root).encode() in argv and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_service_lock_names_its_holder_and_dies_with_it(tmp_path):
+    root = home_dir.home(tmp_path / "home")
+    assert home_dir.service_pid(root) is None
+    with home_dir.ServiceLock(root) as lock:
+        assert lock.acquire()
+        assert not home_dir.ServiceLock(root).acquire(patience=0)  # another descriptor, as another process
+        assert home_dir.service_pid(root) == os.getpid()
+    assert home_dir.service_pid(root) is None
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from magic141 import home
+        assert home.ServiceLock(Path({str(root)!r})).acquire()
+        print("held", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert home_dir.service_pid(root) == holder.pid
+        holder.kill()  # kill -9: no clean-up runs, and still the OS drops the lock
+        holder.wait()
+        assert home_dir.service_pid(root) is None and home_dir.ServiceLock(root).acquire(patience=0)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_client_waits_for_a_starting_service_instead_of_starting_another(tmp_path):
+    root = home_dir.home(tmp_path / "home")
+    with home_dir.ServiceLock(root) as starting:  # held, as by a service still loading
+        assert starting.acquire()
+        with pytest.raises(EngineError, match="did not start within"):
+            EngineClient(root).connect(wait=0.5)
+        assert serve_processes(root) == [] and not (root / "logs" / "service.out").exists()
+
+
+def test_a_second_serve_exits_0_naming_the_pid_and_leaves_the_running_job_alone(service, tmp_path):
+    job = service.submit(spec(tmp_path / "out", seconds="8"), job_id="not-recovered", priority=9)
+    for event in service.events(job["id"]):
+        if event.type == EventType.STEP:
+            break
+    pid = home_dir.read_service(service.root)["pid"]
+    second = subprocess.run([*MAGIC141, "serve", "--home", str(service.root)], capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == f"the engine service for {service.root} is already running (pid {pid})"
+    record = service.job(job["id"])
+    assert record["state"] == "RUNNING" and record["attempts"] == 1  # not recovered by the second one
+    assert home_dir.read_service(service.root)["pid"] == pid
+    service.cancel(job["id"])
+    assert final_state(service, job["id"])["state"] == "CANCELLED"
+
+
+@pytest.mark.slow
+def test_clients_racing_to_start_a_service_start_exactly_one(tmp_path):
+    root = tmp_path / "home"
+    code = ("import sys\nfrom magic141.plugin.client import EngineClient\nsys.stdin.readline()\n"
+            f"client = EngineClient({str(root)!r}).connect()\n"
+            "print(client.health()['magic141'], client._url, flush=True)\n")
+    clients = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+    try:
+        for client in clients:  # each has imported the client: now "go" at once
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        urls = {client.communicate(timeout=120)[0].split()[-1] for client in clients}
+        assert all(client.returncode == 0 for client in clients)
+        assert len(urls) == 1 and serve_processes(root) == [home_dir.service_pid(root)]
+        assert "already running" not in (root / "logs" / "service.out").read_text()  # none started in vain
+    finally:
+        for client in clients:
+            client.kill()
+            client.wait()
+        stop_service(root)
+
+
+# Idle shutdown ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_idle_service_stops_by_itself_but_never_while_a_job_runs(tmp_path):
+    root = home_dir.home(tmp_path / "home")
+    process = subprocess.Popen([*MAGIC141, "serve", "--home", str(root), "--idle-exit", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while home_dir.service_pid(root) != process.pid and time.monotonic() < deadline:
+            time.sleep(0.02)  # until it holds the lock; then a client waits for it to serve
+        client = EngineClient(root).connect(start=False, wait=120)
+        job = client.submit(spec(tmp_path / "out", seconds="4"))  # runs for longer than 1 s
+        # No request and no event stream from here on: only the running job keeps the service up.
+        assert process.wait(timeout=120) == 0, process.stderr.read()
+        with JobQueue(root / "queue.db") as queue:
+            assert queue.get(job["id"]).state == JobState.DONE
+        assert not (root / "service.json").exists() and home_dir.service_pid(root) is None
+        log = (root / "logs" / "service.log").read_text()
+        assert "no job, request or event stream for 1 s: stopping" in log
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def test_idle_exit_takes_seconds_or_0_and_refuses_the_rest_in_one_line(capsys):
+    from magic141.cli import build_parser, main
+
+    assert build_parser().parse_args(["serve"]).idle_exit == home_dir.IDLE_EXIT
+    assert build_parser().parse_args(["serve", "--idle-exit", "0"]).idle_exit == 0
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", "--idle-exit", "-5"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "must be 0 (never) or a number of seconds, got '-5'" in err
+
+
+def test_queue_run_refuses_a_queue_that_a_service_runs(tmp_path, capsys):
+    from magic141.cli import main
+
+    root = home_dir.home(tmp_path / "home")
+    with JobQueue(root / "queue.db") as queue:
+        queue.submit(spec_json(tmp_path), job_id="theirs")
+        queue.claim("the service")
+    with home_dir.ServiceLock(root) as lock:
+        assert lock.acquire()
+        assert main(["queue", "--home", str(root), "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the engine service (pid {os.getpid()}) runs this queue; "
+                   "stop it first, or let it run the jobs")
+    with JobQueue(root / "queue.db") as queue:
+        assert queue.get("theirs").state == JobState.RUNNING  # not taken back from the service

@@ -13,13 +13,14 @@ from pathlib import Path
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QApplication, QMainWindow
 
+from .engine_bridge import Engine
 from .panel import Magic141Panel
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, home: str | None = None) -> None:
+    def __init__(self, home: str | None = None, *, client: Engine | None = None) -> None:
         super().__init__()
-        self.panel = Magic141Panel(self, home=home)
+        self.panel = Magic141Panel(self, home=home, client=client)
         self.setCentralWidget(self.panel)
         self.resize(1180, 720)
         self._menus()
@@ -55,6 +56,9 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{name}{' *' if self.panel.document.modified else ''} — Magic141")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.panel.confirm_unsaved(self.close):
+            event.ignore()  # Cancel, or Save under way (it closes the window once saved)
+            return
         self.panel.shutdown()
         super().closeEvent(event)
 

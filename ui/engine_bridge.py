@@ -14,8 +14,12 @@ Traps avoided:
   finish, because Qt waits for pool threads on exit; the engine keeps the job whatever we do, so
   the stream is followed on a daemon thread that is simply abandoned at shutdown. It reaches Qt
   only through this object's signals, guarded against this object's deletion.
-- A stream that ends without a final event (service restarted, connection dropped) is not
-  reported as success or failure by guessing: the job's record is asked once for its state.
+- A stream that ends without a final event, or breaks (the service died or restarted, the
+  connection dropped), is neither a success nor a failure: the job lives on in the queue, and a
+  restarted service runs it again. The follower says it is reconnecting, connects again
+  (``connect()`` finds the service, or starts it), reads the job's record by id, and either
+  reports the ending the record holds or follows the job's events again. Only the queue's word
+  ends a job; an unreachable engine is retried (with back-off) until the panel closes.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from PySide6.QtGui import QImage
 from magic141.errors import EngineError
 from magic141.protocol import Event, JobSpec, JobState
 
+from .labels import QUANT_WORDS
 from .tasks import TaskRunner, plain_error
+
+RETRY_FIRST, RETRY_MOST = 0.25, 5.0  # seconds between attempts to reach a lost engine again
 
 
 class Engine(Protocol):
@@ -63,12 +70,21 @@ class EngineStatus:
         parts = [f"Engine: {self.device}"]
         if self.free_memory is not None:
             parts.append(f"{self.free_memory / 2**30:.1f} GiB free")
-        parts.append(f"model {', '.join(self.loaded_models)}" if self.loaded_models else "no model loaded")
+        models = ", ".join(_model_words(m) for m in self.loaded_models)
+        parts.append(f"model {models}" if models else "no model loaded")
         if self.running_job:
             parts.append(f"running {self.running_job}")
         if self.queued:
             parts.append(f"{self.queued} queued")
         return " · ".join(parts)
+
+
+def _model_words(loaded: str) -> str:
+    """``"world (none)"`` (a loaded model as the service names it) as ``"world, full precision"``."""
+    name, _, quant = loaded.rpartition(" (")
+    if not name or not quant.endswith(")"):
+        return loaded
+    return f"{name}, {QUANT_WORDS.get(quant[:-1], quant[:-1])}"
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,10 @@ class EngineBridge(QObject):
     status_changed = Signal(object)  # EngineStatus
     job_submitted = Signal(str)  # the service accepted the job with this id
     job_updated = Signal(object)  # JobUpdate
-    job_error = Signal(str, str)  # job id, what went wrong in plain words (not submitted, stream lost)
+    job_error = Signal(str, str)  # job id, why it cannot be followed (not submitted; the queue lost it)
+    job_reconnecting = Signal(str, str)  # job id, why its event stream was lost
+    job_reattached = Signal(str, str)  # job id, its JobState (not ended) once followed again
+    cancel_failed = Signal(str, str)  # job id, why the cancel did not reach the engine
 
     def __init__(self, client: Engine, parent: QObject | None = None, *, poll_ms: int = 3000) -> None:
         super().__init__(parent)
@@ -169,32 +188,63 @@ class EngineBridge(QObject):
 
     def cancel(self, job_id: str) -> None:
         self._tasks.submit(self.client.cancel, job_id,
-                           failed=lambda message: self.job_error.emit(job_id, message))
+                           failed=lambda message: self.cancel_failed.emit(job_id, message))
 
     def _follow(self, job_id: str) -> None:
+        """Follow one job until it ends, across lost streams and engine restarts (a daemon thread)."""
         try:
-            for event in self.client.events(job_id):
-                if self._closing.is_set():
+            while not self._closing.is_set():
+                lost = self._stream(job_id)
+                if lost is None or self._closing.is_set():
                     return
-                self._emit(self.job_updated, JobUpdate.of(event))
-                if event.type.terminal:
+                self._emit(self.job_reconnecting, job_id, lost)
+                if not self._reattach(job_id):
                     return
-            if not self._closing.is_set():
-                self._emit(self.job_updated, JobUpdate(self._from_record(job_id)))
-        except Exception as exc:  # noqa: BLE001 - a lost stream is reported, never raised into Qt
-            if not self._closing.is_set():
-                self._emit(self.job_error, job_id,
-                           f"lost the engine while following the job: {plain_error(exc)}")
         finally:
             self._followers.pop(job_id, None)
 
-    def _from_record(self, job_id: str) -> Event:
-        """The job's last event, rebuilt from its record when the stream ended without one."""
-        job = self.client.job(job_id)
-        state = JobState(str(job.get("state")).upper())
-        if not state.terminal:
-            raise EngineError(f"the event stream ended while the job was {state.value.lower()}")
-        return Event.ending(job_id, state, job.get("result"), job.get("error"))
+    def _stream(self, job_id: str) -> str | None:
+        """Pass on the job's events: None once its final event came, else why the stream was lost."""
+        try:
+            for event in self.client.events(job_id):
+                if self._closing.is_set():
+                    return None
+                self._emit(self.job_updated, JobUpdate.of(event))
+                if event.type.terminal:
+                    return None
+        except Exception as exc:  # noqa: BLE001 - a lost stream is followed again, never raised into Qt
+            return f"lost the engine: {plain_error(exc)}"
+        return "the engine's event stream ended before the job did"
+
+    def _reattach(self, job_id: str) -> bool:
+        """Reach the engine again (starting it if need be) and read the job's record; whether to
+        follow its events again. An ended job's last event is rebuilt from the record. Retries
+        until the engine answers or the panel closes."""
+        delay = RETRY_FIRST
+        while not self._closing.is_set():
+            try:
+                with self._connect_lock:
+                    self.client.connect()
+                record = self.client.job(job_id)
+            except EngineError as exc:
+                if exc.status == 404:  # reachable, but the queue does not know it: nothing to wait for
+                    self._emit(self.job_error, job_id, "the engine's queue no longer has this job")
+                    return False
+                why = f"lost the engine: {plain_error(exc)}"
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the job may still run: retry
+                why = f"lost the engine: {plain_error(exc)}"
+            else:
+                state = JobState(str(record.get("state")).upper())
+                if state.terminal:
+                    ending = Event.ending(job_id, state, record.get("result"), record.get("error"))
+                    self._emit(self.job_updated, JobUpdate(ending))
+                    return False
+                self._emit(self.job_reattached, job_id, state.value)
+                return True
+            self._emit(self.job_reconnecting, job_id, why)
+            self._closing.wait(delay)
+            delay = min(delay * 2, RETRY_MOST)
+        return False
 
     def _emit(self, signal: SignalInstance, *args: object) -> None:
         try:

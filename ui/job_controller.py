@@ -12,7 +12,17 @@ A job's life as the panel shows it (``JobPhase``)::
          |  \\________\\__________\\___________\\------> FAILED      (with a reason in the panel's words)
          \\--------------------------------> CANCELLING --> CANCELLED
 
+    QUEUED, LOADING, GENERATING, CANCELLING --(stream lost)--> RECONNECTING
+    RECONNECTING --(followed again by id)--> QUEUED | LOADING | CANCELLING, or straight to its ending
+
 Traps avoided:
+- A lost event stream is not a failure: the engine may have died and will run the job again on
+  restart. The job waits in RECONNECTING until the bridge follows it again by id, and its clip
+  is placed when it finishes; FAILED only when the queue says so (or the job never got there).
+- A double-click, or a second press while the first job is still on its way, must not queue the
+  same job twice: a request identical to one in flight (same timeline, clip, frame, prompt and
+  settings, seed included) is refused, and the message line names the job already doing it.
+- A cancel asked for while the engine is out of reach is sent again once the job is followed again.
 - An ending is final: a late or replayed event (the stream is replayed after a reconnect) never
   turns a finished job back into a running one, and steps that arrive while cancelling move the
   progress bar but not the state.
@@ -37,13 +47,13 @@ from PySide6.QtGui import QImage
 from magic141.errors import Magic141Error
 from magic141.plugin import timeline as tl
 from magic141.plugin.extend import job_spec, media_dir_for
-from magic141.protocol import Event, EventType, JobResult, JobSpec, clip_record
+from magic141.protocol import Event, EventType, JobResult, JobSpec, JobState, clip_record
 
 from .document import TimelineDocument
 from .engine_bridge import EngineBridge, JobUpdate
+from .frames import span
 from .labels import PANEL_LABELS
 from .prompt import GenerationSettings
-from .strip import span
 from .tasks import TaskRunner, plain_error
 
 
@@ -54,6 +64,7 @@ class JobPhase(str, Enum):
     QUEUED = "queued"
     LOADING = "loading"  # the engine has started it: loading the model
     GENERATING = "generating"  # denoising steps are coming in
+    RECONNECTING = "reconnecting"  # the event stream was lost; reaching the engine to follow it again
     CANCELLING = "cancelling"
     FINISHED = "finished"
     FAILED = "failed"
@@ -66,6 +77,8 @@ class JobPhase(str, Enum):
 
 _PHASE_OF = {EventType.QUEUED: JobPhase.QUEUED, EventType.STARTED: JobPhase.LOADING,
              EventType.STEP: JobPhase.GENERATING}
+_REATTACHED_AS = {JobState.PENDING: JobPhase.QUEUED, JobState.RUNNING: JobPhase.LOADING,
+                  JobState.CANCELLING: JobPhase.CANCELLING}
 
 
 @dataclass(frozen=True)
@@ -81,7 +94,7 @@ class Job:
     progress: Event | None = None  # the latest step event
     preview: QImage | None = field(default=None, compare=False)  # the latest step's picture
     result: JobResult | None = None
-    reason: str = ""  # why it failed, in the panel's words
+    reason: str = ""  # why it failed, or why it is reconnecting, in the panel's words
     clip: otio.schema.Clip | None = field(default=None, compare=False)  # the clip it placed
     note: str = ""  # where the clip went, or why it was not placed
 
@@ -94,6 +107,7 @@ class _Target:
     ref: tl.ClipRef  # the clip it extends, or the one the text-to-video clip goes after
     frame: int | None  # the frame it continues from (None: text to video)
     mode: str
+    request: tuple  # what was asked, to refuse the same request while this one is in flight
 
 
 def in_plain_words(reason: str, field_name: str | None = None) -> str:
@@ -124,10 +138,14 @@ class JobController(QObject):
         self.document = document
         self._jobs: dict[str, Job] = {}
         self._targets: dict[str, _Target] = {}
+        self._cancel_wanted: set[str] = set()  # cancelled by the editor; sent again after a reconnect
         self._checks = TaskRunner(1, self)  # "can this timeline be saved?", off the UI thread
         bridge.job_submitted.connect(self._submitted)
         bridge.job_updated.connect(self._updated)
         bridge.job_error.connect(self._lost)
+        bridge.job_reconnecting.connect(self._reconnecting)
+        bridge.job_reattached.connect(self._reattached)
+        bridge.cancel_failed.connect(self._cancel_failed)
 
     # What the panel asks -----------------------------------------------------------------------
 
@@ -152,10 +170,11 @@ class JobController(QObject):
         job = self._jobs.get(job_id)
         if job is None or job.state.ended or job.state is JobPhase.CANCELLING:
             return
-        submitted = job.state is not JobPhase.SUBMITTING
+        self._cancel_wanted.add(job_id)
+        reachable = job.state not in (JobPhase.SUBMITTING, JobPhase.RECONNECTING)
         self._change(job, state=JobPhase.CANCELLING)
-        if submitted:
-            self.bridge.cancel(job_id)  # else sent once the engine has accepted the job
+        if reachable:
+            self.bridge.cancel(job_id)  # else sent once the engine has accepted the job, or is back
 
     def cancel_newest(self) -> None:
         active = self.active()
@@ -189,6 +208,12 @@ class JobController(QObject):
                title: str) -> str | None:
         doc = self.document.doc
         assert doc is not None
+        request = (id(doc), id(ref.clip), frame, settings)
+        same = next((i for i, t in self._targets.items() if t.request == request), None)
+        if same is not None:
+            self.message.emit(f"Job {same} is already making this clip (same clip, frame, prompt and "
+                              "settings); change something to make another", "error")
+            return None
         job_id = uuid.uuid4().hex[:12]
         try:
             spec = job_spec(ref, frame, prompt=settings.prompt, seconds=settings.seconds, rate=doc.rate,
@@ -201,7 +226,7 @@ class JobController(QObject):
         detail = f"{settings.seconds} s, seed {settings.seed}, {settings.model}"
         job = Job(job_id, title, detail, spec, settings)
         self._jobs[job_id] = job
-        self._targets[job_id] = _Target(doc, ref, frame, settings.mode)
+        self._targets[job_id] = _Target(doc, ref, frame, settings.mode, request)
         self.job_added.emit(job)
         self.message.emit(f"Job {job_id} sent to the engine", "info")
         # Refuse a timeline that cannot be saved before minutes of generation, then submit.
@@ -231,6 +256,7 @@ class JobController(QObject):
             self._failed(job, in_plain_words(event.reason or "", event.field))
         elif event.type is EventType.CANCELLED:
             self._targets.pop(job.id, None)
+            self._cancel_wanted.discard(job.id)
             self._change(job, state=JobPhase.CANCELLED)
             self.message.emit(f"Job {job.id} cancelled; nothing was added", "info")
         else:
@@ -242,14 +268,40 @@ class JobController(QObject):
             self._change(job, **changes)
 
     def _lost(self, job_id: str, message: str) -> None:
-        """Not submitted, the stream was lost, or a cancel did not reach the engine."""
+        """Not submitted (the engine never had it), or the engine's queue no longer has it."""
         job = self._jobs.get(job_id)
         if job is None or job.state.ended:
             return
         self._failed(job, in_plain_words(message), f"Job {job_id}: {message}")
 
+    def _reconnecting(self, job_id: str, why: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state.ended:
+            return
+        if job.state is not JobPhase.RECONNECTING:
+            self.message.emit(f"Job {job_id}: {why}; reconnecting to follow the job", "info")
+        self._change(job, state=JobPhase.RECONNECTING, reason=in_plain_words(why))
+
+    def _reattached(self, job_id: str, state: str) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.state.ended:
+            return
+        phase = _REATTACHED_AS[JobState(state)]
+        if job_id in self._cancel_wanted and phase is not JobPhase.CANCELLING:
+            self.bridge.cancel(job_id)  # asked for while the engine was out of reach
+            phase = JobPhase.CANCELLING
+        self._change(job, state=phase, reason="")
+        self.message.emit(f"Job {job_id}: reconnected to the engine; following the job again", "info")
+
+    def _cancel_failed(self, job_id: str, message: str) -> None:
+        """The cancel did not get through; how the job ends is still the engine's to say."""
+        job = self._jobs.get(job_id)
+        if job is not None and not job.state.ended:
+            self.message.emit(f"Job {job_id}: the cancel did not reach the engine: {message}", "error")
+
     def _failed(self, job: Job, reason: str, text: str | None = None) -> None:
         self._targets.pop(job.id, None)
+        self._cancel_wanted.discard(job.id)
         self._change(job, state=JobPhase.FAILED, reason=reason)
         self.message.emit(text or f"Job {job.id} failed: {reason}", "error")
 
@@ -257,6 +309,7 @@ class JobController(QObject):
 
     def _finished(self, job: Job, result: JobResult | None) -> None:
         target = self._targets.pop(job.id, None)
+        self._cancel_wanted.discard(job.id)
         if result is None:
             self._failed(job, "The engine said the job finished but sent no result")
             return

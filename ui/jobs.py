@@ -11,13 +11,13 @@ from PySide6.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
+from .elided import ElidedLabel
 from .job_controller import Job, JobPhase
+from .scroll import VerticalScrollArea
 
 PREVIEW_SIZE = (72, 44)
 WORDS = {  # what a row says in each state (GENERATING says which step)
@@ -25,6 +25,7 @@ WORDS = {  # what a row says in each state (GENERATING says which step)
     JobPhase.QUEUED: "queued",
     JobPhase.LOADING: "loading the model…",
     JobPhase.GENERATING: "generating",
+    JobPhase.RECONNECTING: "reconnecting to the engine…",
     JobPhase.CANCELLING: "cancelling…",
     JobPhase.FINISHED: "done",
     JobPhase.FAILED: "failed",
@@ -41,11 +42,10 @@ class JobRow(QFrame):
         self.preview.setObjectName("jobPreview")
         self.preview.setFixedSize(*PREVIEW_SIZE)
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.title = QLabel(job.title, self)
+        # A long prompt must never push the Cancel button out of sight: shortened with an ellipsis.
+        self.title = ElidedLabel(job.title, self)
         self.title.setObjectName("jobTitle")
         self.title.setToolTip(f"job {job.id}\n{job.title}\n{job.detail}")
-        # A long prompt must never push the Cancel button out of sight.
-        self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.status = QLabel("", self)
         self.status.setObjectName("jobStatus")
         self.status.setWordWrap(True)
@@ -54,6 +54,7 @@ class JobRow(QFrame):
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
         self.progress.setFixedHeight(6)
+        self.progress.setMinimumWidth(40)  # its style's minimum is far wider than a thin bar needs
         self.cancel = QPushButton("Cancel", self)
         self.cancel.setObjectName("jobCancel")
         self.cancel.setToolTip("Stop this job (the engine stops within one step and keeps no file)")
@@ -108,6 +109,8 @@ def _status(job: Job) -> str:
         return f"done: {job.result.frames} frames" if job.result is not None else "done"
     if job.state is JobPhase.FAILED:
         return f"Failed: {job.reason}"
+    if job.state is JobPhase.RECONNECTING and job.reason:
+        return f"{WORDS[job.state]} ({job.reason})"
     return WORDS[job.state]
 
 
@@ -127,11 +130,7 @@ class JobList(QWidget):
         self._empty.setObjectName("jobsEmpty")
         self._column.addWidget(self._empty)
         self._column.addStretch(1)
-        scroll = QScrollArea(self)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(self._inner)
+        scroll = VerticalScrollArea(self._inner, self)
         self.clear_button = QPushButton("Clear finished", self)
         self.clear_button.clicked.connect(self.clear_finished)
         header = QHBoxLayout()

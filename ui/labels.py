@@ -26,3 +26,9 @@ PANEL_LABELS = {
     "out": "Timeline",  # where the timeline is saved (the command line's --out)
     "clip": "Clip",
 }
+
+QUANT_WORDS = {  # the DiT weights' quantisation (a job spec's ``quant``), as the footer says it
+    "none": "full precision",
+    "int8": "int8 weights",
+    "fp8": "fp8 weights",
+}

@@ -8,34 +8,36 @@ line show what the controller says.
 
 Nothing here blocks the UI thread: the document opens and saves timelines on its own thread,
 frames are grabbed by the viewer's pool, and engine traffic runs on the bridge's threads.
-Problems are reported on the message line, never in a modal box.
+Problems are reported on the message line, never in a modal box; the one question asked in a
+box is Save / Discard / Cancel, before closing or opening another timeline would lose edits.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QSplitter, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QSplitter, QToolButton, QVBoxLayout, QWidget
 
 from magic141 import home as home_dir
 from magic141.errors import Magic141Error
 from magic141.plugin import timeline as tl
 from magic141.plugin.client import EngineClient
-from magic141.rational import rate_from_float
 
 from .document import TimelineDocument
+from .elided import ElidedLabel
 from .engine_bridge import Engine, EngineBridge
+from .frames import clip_rate, span, timeline_frame
 from .job_controller import JobController
 from .jobs import JobList
 from .prompt import GenerationSettings, PromptHistory, PromptPanel
 from .status import EngineStatusLabel, MessageLine
-from .strip import TimelineStrip, span
+from .strip import TimelineStrip
 from .tasks import plain_error
+from .unsaved import DISCARD, SAVE, ask_to_save
 from .viewer import FrameViewer
 
 STYLESHEET = Path(__file__).with_name("style.qss")  # shipped as package data of magic141.ui
@@ -68,8 +70,9 @@ class Magic141Panel(QWidget):
                                    poll_ms=poll_ms)
         self.controller = JobController(self.bridge, self.document, self)
         self._ref: tl.ClipRef | None = None
+        self._after_save: Callable[[], object] | None = None  # what Save in "Save the changes?" goes on to
 
-        self.title = QLabel("No timeline", self)
+        self.title = ElidedLabel("No timeline", self)
         self.title.setObjectName("documentTitle")
         self.strip = TimelineStrip(self)
         self.viewer = FrameViewer(self)
@@ -135,8 +138,7 @@ class Magic141Panel(QWidget):
         self.document.opened.connect(self._opened)
         self.document.open_failed.connect(lambda message: self.message.show_message(message, "error"))
         self.document.saved.connect(self._saved)
-        self.document.save_failed.connect(lambda message: self.message.show_message(f"Not saved: {message}",
-                                                                                      "error"))
+        self.document.save_failed.connect(self._save_failed)
         self.strip.clip_selected.connect(self._select)
         self.strip.playhead_moved.connect(self._playhead_moved)
         self.viewer.frame_changed.connect(self._viewer_moved)
@@ -175,10 +177,32 @@ class Magic141Panel(QWidget):
     # Timelines -----------------------------------------------------------------------------------
 
     def choose_timeline(self) -> None:
-        dialog = QFileDialog(self, "Open a timeline", "", TIMELINE_FILTER)
+        """Open… (as the button and Ctrl+O do): unsaved edits first, then the file dialog."""
+        if self.confirm_unsaved(self._open_dialog):
+            self._open_dialog()
+
+    def _open_dialog(self) -> None:
+        doc = self.document.doc
+        folder = str(doc.path.parent) if doc is not None else ""  # beside the open timeline
+        dialog = QFileDialog(self, "Open a timeline", folder, TIMELINE_FILTER)
         dialog.setFileMode(QFileDialog.FileMode.ExistingFile)
         dialog.fileSelected.connect(self.open_timeline)
         dialog.open()  # window-modal but asynchronous: the event loop keeps running
+
+    def confirm_unsaved(self, then: Callable[[], object]) -> bool:
+        """Whether going on now loses nothing the editor wants: True with no unsaved edits or after
+        Discard. With unsaved edits it asks Save / Discard / Cancel; Save saves (off the UI thread)
+        and calls ``then`` once the timeline is saved; Save and Cancel answer False."""
+        doc = self.document.doc
+        if doc is None or not self.document.modified:
+            return True
+        answer = ask_to_save(self, doc.path.name)
+        if answer is DISCARD:
+            return True
+        if answer is SAVE:
+            self._after_save = then
+            self.document.save()
+        return False
 
     def open_timeline(self, path: str | os.PathLike) -> None:
         """Open ``path`` on a worker thread; the current timeline stays until it has loaded."""
@@ -208,6 +232,14 @@ class Magic141Panel(QWidget):
     def _saved(self, path: Path) -> None:
         self.message.show_message(f"Saved {path.name} (previous version kept as {path.name}.bak)")
         self.timeline_saved.emit(path)
+        then = self._after_save
+        if then is not None and not self.document.modified:  # not an earlier save that ended first
+            self._after_save = None
+            then()
+
+    def _save_failed(self, message: str) -> None:
+        self._after_save = None  # what was to follow the save does not happen: the edits are not safe
+        self.message.show_message(f"Not saved: {message}", "error")
 
     def undo(self) -> None:
         self.document.undo_stack.undo()
@@ -217,6 +249,7 @@ class Magic141Panel(QWidget):
 
     def _document_changed(self, doc: tl.TimelineDoc | None) -> None:
         refs = self.document.refs
+        self.viewer.set_timeline(doc)
         self.strip.set_timeline(doc, refs)
         previous = self._ref
         self._ref = self.document.resolve(previous) if previous is not None else None
@@ -232,12 +265,12 @@ class Magic141Panel(QWidget):
     def _show_title(self) -> None:
         doc = self.document.doc
         if doc is None:
-            self.title.setText("No timeline")
+            self.title.set_full_text("No timeline")
             return
         rate = doc.rate
         fps = f"{float(rate):.3f}".rstrip("0").rstrip(".") if rate.denominator != 1 else str(rate.numerator)
         mark = " •  modified" if self.document.modified else ""
-        self.title.setText(f"{doc.timeline.name or doc.path.name}  —  {doc.path.name}, {fps} fps{mark}")
+        self.title.set_full_text(f"{doc.timeline.name or doc.path.name}  —  {doc.path.name}, {fps} fps{mark}")
 
     # Selection and playhead ------------------------------------------------------------------------
 
@@ -265,14 +298,9 @@ class Magic141Panel(QWidget):
             if ref.offline:
                 self.message.show_message(f"Clip {ref.name!r} is offline: {ref.reason}", "error")
 
-    def _clip_rate(self, ref: tl.ClipRef) -> Fraction:
-        return rate_from_float(ref.clip.trimmed_range().duration.rate)
-
     def _timeline_frame(self, ref: tl.ClipRef, frame: int) -> int:
         assert self.document.doc is not None  # a clip is selected only in an open timeline
-        rate = self.document.doc.rate
-        first, _ = span(ref.clip, rate)
-        return first + round(Fraction(frame) * rate / self._clip_rate(ref))
+        return timeline_frame(ref, frame, self.document.doc.rate)
 
     def _viewer_moved(self, frame: int) -> None:
         if self._ref is not None:
@@ -284,7 +312,7 @@ class Magic141Panel(QWidget):
             return
         first, count = span(ref.clip, self.document.doc.rate)
         if first <= frame < first + count:
-            self.viewer.set_frame(int((frame - first) * self._clip_rate(ref) / self.document.doc.rate))
+            self.viewer.set_frame(int((frame - first) * clip_rate(ref) / self.document.doc.rate))
 
     # Jobs ----------------------------------------------------------------------------------------
 
@@ -311,6 +339,9 @@ class Magic141Panel(QWidget):
         self.document.wait(5000)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.confirm_unsaved(self.close):
+            event.ignore()  # Cancel, or Save under way (it closes the panel once saved)
+            return
         self.shutdown()
         super().closeEvent(event)
 

@@ -9,18 +9,25 @@ Traps avoided:
 - Seconds come from a spin box as a float; they become a ``Fraction`` of the two decimals shown,
   never of the float (``Fraction(0.1)`` is not 1/10).
 - The history never repeats an entry and keeps the newest first; it is saved atomically.
+- A double-click on Extend is two clicks: a request with the very same controls inside the
+  double-click interval of the one before is the same request, and is dropped (with an unlocked
+  seed the second click would otherwise even draw a new seed and pass for another job).
+- Docked, the panel may be short and narrow: the prompt and settings scroll (the buttons stay
+  in view), and the form is never made narrower than its labels and fields need, so no text
+  is cut.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QElapsedTimer, Qt, Signal
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -29,6 +36,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -40,6 +48,7 @@ from magic141.plugin.timeline import MODES
 from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL
 
 from .labels import PANEL_LABELS
+from .scroll import VerticalScrollArea
 
 QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores"}
 MEMORY_PRESETS = {"Full precision": "none", "Balanced (int8 weights)": "int8",
@@ -94,8 +103,13 @@ class PromptPanel(QWidget):
         self.setObjectName("promptPanel")
         self.history = history if history is not None else PromptHistory()
         self._random = random.Random()
+        self._last_request: tuple[str, GenerationSettings] | None = None  # (kind, controls)
+        self._since_request = QElapsedTimer()
 
-        self.prompt = QPlainTextEdit(self)
+        inner = QWidget()
+        inner.setObjectName("settingsInner")
+
+        self.prompt = QPlainTextEdit(inner)
         self.prompt.setObjectName("prompt")
         self.prompt.setPlaceholderText("Describe what happens next…  (Ctrl+Enter: Extend)")
         self.prompt.setTabChangesFocus(True)
@@ -141,23 +155,28 @@ class PromptPanel(QWidget):
         self.extend_button = QPushButton("Extend", self)
         self.extend_button.setObjectName("extendButton")
         self.extend_button.setToolTip("Continue the selected clip from the viewer's frame (Ctrl+Enter)")
-        self.extend_button.clicked.connect(lambda: self._request(self.extend_requested))
+        self.extend_button.clicked.connect(self.trigger_extend)
         self.generate_button = QPushButton("Generate from text", self)
         self.generate_button.setObjectName("generateButton")
         self.generate_button.setToolTip("A new clip from the prompt alone, placed after the selected clip "
                                         "(Ctrl+Shift+Enter)")
-        self.generate_button.clicked.connect(lambda: self._request(self.generate_requested))
+        self.generate_button.clicked.connect(self.trigger_generate)
         self.problem = QLabel("", self)
         self.problem.setObjectName("promptProblem")
         self.problem.setWordWrap(True)
 
+        for combo in (self.model, self.quality, self.memory, self.mode):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # never cut an item
+            combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         seed_row = QHBoxLayout()
         seed_row.setContentsMargins(0, 0, 0, 0)
         seed_row.addWidget(self.seed, 1)
         seed_row.addWidget(self.seed_lock)
         seed_row.addWidget(self.reseed)
         form = QFormLayout()
-        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow(PANEL_LABELS["seconds"], self.seconds)
         form.addRow(PANEL_LABELS["seed"], seed_row)
@@ -169,12 +188,17 @@ class PromptPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.extend_button, 1)
         buttons.addWidget(self.generate_button, 1)
+        fields = QVBoxLayout(inner)
+        fields.setContentsMargins(0, 0, 4, 0)  # room beside the scroll bar
+        fields.addWidget(QLabel(PANEL_LABELS["prompt"], inner))
+        fields.addWidget(self.prompt)
+        fields.addWidget(self.recent)
+        fields.addLayout(form)
+        self.settings_area = VerticalScrollArea(inner, self)
+        self.settings_area.setObjectName("settingsArea")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel(PANEL_LABELS["prompt"], self))
-        layout.addWidget(self.prompt)
-        layout.addWidget(self.recent)
-        layout.addLayout(form)
+        layout.addWidget(self.settings_area)  # as tall as its fields when there is room, else it scrolls
         layout.addWidget(self.problem)
         layout.addLayout(buttons)
         layout.addStretch(1)
@@ -185,6 +209,9 @@ class PromptPanel(QWidget):
         """What the controls say now; an unlocked seed is re-drawn first (and shown)."""
         if not self.seed_lock.isChecked():
             self.new_seed()
+        return self._controls()
+
+    def _controls(self) -> GenerationSettings:
         return GenerationSettings(
             prompt=self.prompt.toPlainText().strip(),
             seconds=Fraction(round(self.seconds.value() * 100), 100),
@@ -209,7 +236,10 @@ class PromptPanel(QWidget):
 
     # Inside --------------------------------------------------------------------------------------
 
-    def _request(self, signal) -> None:
+    def _request(self, kind: str) -> None:
+        signal = self.extend_requested if kind == "extend" else self.generate_requested
+        if self._repeated(kind):
+            return  # the second click of a double-click: one request per click
         settings = self.settings()
         if not settings.prompt:
             self.problem.setText("Type a prompt first: it says what should happen next.")
@@ -217,6 +247,17 @@ class PromptPanel(QWidget):
             return
         self.problem.setText("")
         signal.emit(settings)
+
+    def _repeated(self, kind: str) -> bool:
+        """Whether this request repeats the last one, controls unchanged, within a double-click."""
+        controls = self._controls()
+        if not self.seed_lock.isChecked():
+            controls = replace(controls, seed=-1)  # drawn afresh per request: not part of "the same"
+        last, self._last_request = self._last_request, (kind, controls)
+        quick = self._since_request.isValid() and \
+            self._since_request.elapsed() < QApplication.doubleClickInterval()
+        self._since_request.start()
+        return quick and last == (kind, controls)
 
     def _fill_history(self) -> None:
         self.recent.blockSignals(True)
@@ -234,7 +275,7 @@ class PromptPanel(QWidget):
         self.recent.setCurrentIndex(0)
 
     def trigger_extend(self) -> None:
-        self._request(self.extend_requested)
+        self._request("extend")
 
     def trigger_generate(self) -> None:
-        self._request(self.generate_requested)
+        self._request("generate")

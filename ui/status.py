@@ -8,22 +8,28 @@ and a test driving the panel are never stopped by a box waiting for a click.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QWidget
+from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
 
+from .elided import ElidedLabel
 from .engine_bridge import EngineStatus
 
 LEVELS = ("info", "error")
 
 
-class EngineStatusLabel(QLabel):
+class EngineStatusLabel(ElidedLabel):
+    """The engine's state in one line, shortened with an ellipsis when docked (all of it in the tooltip)."""
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Engine: …", parent)
         self.setObjectName("engineStatus")
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.status: EngineStatus | None = None
 
     def show_status(self, status: EngineStatus) -> None:
         self.status = status
-        self.setText(status.describe())
+        self.set_full_text(status.describe())
+        self.setToolTip(status.describe())
         self.setProperty("running", status.running)
         self.style().unpolish(self)
         self.style().polish(self)

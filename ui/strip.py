@@ -6,15 +6,13 @@ sizes and cannot drift from the model. It only emits what the user did; ``set_pl
 ``select`` from the outside never echo back, so the panel can mirror the viewer without loops.
 
 Traps avoided:
-- Frames on the strip are timeline frames at the timeline's exact rate; item ranges come from
-  OTIO as float-rate ``RationalTime`` and are converted through ``rate_from_float`` (a 23.976
-  timeline stays 24000/1001) before rounding to a frame.
+- Frames on the strip are timeline frames at the timeline's exact rate (``frames``).
+- The ruler's last label would run off the strip's right edge: labels that do not fit right of
+  their tick go left of it.
 - The zoom lives on the view instance (fit to width), not in module state.
 """
 
 from __future__ import annotations
-
-from fractions import Fraction
 
 import opentimelineio as otio
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -30,7 +28,8 @@ from PySide6.QtWidgets import (
 )
 
 from magic141.plugin import timeline as tl
-from magic141.rational import rate_from_float
+
+from .frames import frames_at, span, timecode
 
 HEADER = 64  # track name column, pixels
 RULER = 22
@@ -51,17 +50,6 @@ COLOURS = {
     "track": QColor("#23262b"),
     "ruler": QColor("#1b1d21"),
 }
-
-
-def frames_at(time: otio.opentime.RationalTime, rate: Fraction) -> int:
-    """``time`` as a whole number of frames of ``rate`` (exact until the final rounding)."""
-    return round(Fraction(time.value) / rate_from_float(time.rate) * rate)
-
-
-def span(item: otio.core.Item, rate: Fraction) -> tuple[int, int]:
-    """(first frame, frame count) of ``item`` on its track, in frames of ``rate``."""
-    placed = item.range_in_parent()
-    return frames_at(placed.start_time, rate), frames_at(placed.duration, rate)
 
 
 def is_generated(clip: otio.schema.Clip) -> bool:
@@ -127,6 +115,7 @@ class TimelineStrip(QGraphicsView):
         self._selected: otio.schema.Clip | None = None
         self._items: list[ClipItem] = []
         self._playhead_item: QGraphicsLineItem | None = None
+        self._ruler_labels: list[QGraphicsSimpleTextItem] = []
         self._dragging = False
 
     # What the panel tells it ---------------------------------------------------------------------
@@ -158,6 +147,9 @@ class TimelineStrip(QGraphicsView):
     def playhead(self) -> int:
         return self._playhead
 
+    def ruler_labels(self) -> list[QGraphicsSimpleTextItem]:
+        return list(self._ruler_labels)
+
     def item_span(self, ref: tl.ClipRef) -> tuple[int, int]:
         assert self._doc is not None
         return span(ref.clip, self._doc.rate)
@@ -174,7 +166,7 @@ class TimelineStrip(QGraphicsView):
     def _rebuild(self) -> None:
         scene = self.scene()
         scene.clear()
-        self._items, self._playhead_item = [], None
+        self._items, self._playhead_item, self._ruler_labels = [], None, []
         if self._doc is None:
             scene.setSceneRect(QRectF(0, 0, self.viewport().width(), RULER + TRACK_HEIGHT))
             return
@@ -231,33 +223,28 @@ class TimelineStrip(QGraphicsView):
         scene.addRect(QRectF(0, 0, width, RULER), QPen(Qt.PenStyle.NoPen), QBrush(COLOURS["ruler"]))
         assert self._doc is not None
         rate = self._doc.rate
-        start = self._doc.timeline.global_start_time
         per_second = float(rate) * self._scale()
         every = next((s for s in (1, 2, 5, 10, 30, 60, 300, 600) if s * per_second >= 70), 1200)
         pen = QPen(COLOURS["dim"], 1)
+        font = QFont()
+        font.setPointSizeF(7.5)
+        right = min(width, self.viewport().width()) - 2  # what is drawn past the viewport is never seen
         second = 0
         while second * rate <= self._total:
             frame = round(second * rate)
             x = self._x(frame)
             scene.addLine(x, RULER - 6, x, RULER, pen)
-            label = scene.addSimpleText(self._timecode(frame, start))
+            label = scene.addSimpleText(timecode(self._doc, frame))
             label.setBrush(COLOURS["dim"])
-            font = QFont()
-            font.setPointSizeF(7.5)
             label.setFont(font)
-            label.setPos(x + 3, 2)
+            wide = label.boundingRect().width()
+            left = x + 3 if x + 3 + wide <= right else x - 3 - wide
+            if self._ruler_labels and left < self._ruler_labels[-1].sceneBoundingRect().right() + 4:
+                scene.removeItem(label)  # the end tick, too close to the one before to be labelled
+            else:
+                label.setPos(left, 2)
+                self._ruler_labels.append(label)
             second += every
-
-    def _timecode(self, frame: int, start: otio.opentime.RationalTime | None) -> str:
-        assert self._doc is not None
-        rate = float(self._doc.rate)
-        at = otio.opentime.RationalTime(frame, rate)
-        if start is not None:
-            at = at + start.rescaled_to(rate)
-        try:
-            return otio.opentime.to_timecode(at, rate)
-        except ValueError:  # a rate timecode cannot express: show frames
-            return str(frame)
 
     def _place_playhead(self) -> None:
         if self._playhead_item is not None:

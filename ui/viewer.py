@@ -11,6 +11,8 @@ Traps avoided:
 - ``QPixmap`` may only be made on the UI thread; workers make ``QImage`` (a deep copy: the PIL
   buffer it was built from is freed when the worker returns).
 - The cache is bounded by bytes, not entries: a 4K plate would blow a count-bounded cache.
+- The timecode shown is the timeline's at the frame (``frames.timecode``: a whole frame at the
+  timeline's exact rate, its start included), not the media's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLa
 
 from magic141.plugin import timeline as tl
 
+from .elided import ElidedLabel
+from .frames import timecode, timeline_frame
 from .tasks import TaskRunner
 
 THUMBNAIL = (640, 360)  # frames are cached at most this size: enough for a docked viewer
@@ -106,6 +110,7 @@ class FrameViewer(QWidget):
         self.setObjectName("frameViewer")
         self.cache = cache if cache is not None else FrameCache()
         self._tasks = TaskRunner(1, self)
+        self._doc: tl.TimelineDoc | None = None
         self._ref: tl.ClipRef | None = None
         self._frames = 0
         self._wanted: tuple[str, Fraction] | None = None
@@ -117,22 +122,30 @@ class FrameViewer(QWidget):
         self.slider.setEnabled(False)
         self.slider.setToolTip("Scrub within the clip (Left/Right: one frame; the frame to extend from)")
         self.slider.valueChanged.connect(self._scrubbed)
-        self.position = QLabel("no clip selected", self)
+        self.timecode = QLabel("", self)
+        self.timecode.setObjectName("frameTimecode")
+        self.timecode.setToolTip("The timeline's timecode at this frame")
+        self.position = ElidedLabel("no clip selected", self)
         self.position.setObjectName("framePosition")
         self.position.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.slider, 1)
-        row.addWidget(self.position)
+        row.addWidget(self.timecode)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
         layout.addWidget(self.picture, 1)
         layout.addLayout(row)
+        layout.addWidget(self.position)
         self._say("Open a timeline and select a clip")
 
     # What the panel tells it ---------------------------------------------------------------------
+
+    def set_timeline(self, doc: tl.TimelineDoc | None) -> None:
+        """The timeline the clips shown are on (for the timecode)."""
+        self._doc = doc
 
     def show_clip(self, ref: tl.ClipRef | None, frame: int | None = None) -> None:
         """Show ``ref`` at ``frame`` (default: its last frame, where an extension starts)."""
@@ -141,14 +154,16 @@ class FrameViewer(QWidget):
         if ref is None:
             self._frames = 0
             self._set_slider(0, 0, False)
-            self.position.setText("no clip selected")
+            self.position.set_full_text("no clip selected")
+            self.timecode.setText("")
             self._say("Select a clip on the timeline")
             return
         self._frames = tl.clip_frames(ref)
         frame = self._frames - 1 if frame is None else max(0, min(frame, self._frames - 1))
         self._set_slider(frame, self._frames - 1, not ref.offline)
         if ref.offline:
-            self.position.setText(f"{ref.name}: offline")
+            self.position.set_full_text(f"{ref.name}: offline")
+            self.timecode.setText("")
             self._say(f"Clip {ref.name!r} is offline: {ref.reason}")
             return
         self._request(frame)
@@ -196,7 +211,9 @@ class FrameViewer(QWidget):
         ref = self._ref
         assert ref is not None  # show_clip and set_frame only ask with a clip shown
         # Frames count from 0 at the clip's first frame, as `magic141 extend --at` counts them.
-        self.position.setText(f"{ref.name} · frame {frame} · {self._frames} frames")
+        self.position.set_full_text(f"{ref.name} · frame {frame} · {self._frames} frames")
+        doc = self._doc
+        self.timecode.setText(timecode(doc, timeline_frame(ref, frame, doc.rate)) if doc is not None else "")
         try:
             key = (str(ref.media_path), tl.media_seconds(ref, frame))
         except tl.TimelineError as exc:
