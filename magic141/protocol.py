@@ -405,24 +405,23 @@ class JobResult:
     def from_json(cls, data: object) -> JobResult:
         data = _upgrade(data, "job result", RESULT_VERSION, _RESULT_MIGRATIONS, unversioned=0)
         _unknown(data, {f.name for f in fields(cls)} | {"version"}, "job result", RESULT_VERSION)
+        for name in ("path", "frames", "fps", "width", "height", "codec"):
+            if data.get(name) is None:
+                raise InvalidInput("is missing", field=name)
         for name in ("settings", "timings"):
             if not isinstance(data.get(name, {}), dict):
                 raise InvalidInput(f"must be an object, got {data[name]!r}", field=name)
         return cls(
             path=_absolute_path(data.get("path"), "path"),
-            frames=_int(data, "frames", 1, 0) or _missing("frames"),
+            frames=_int(data, "frames", 1, 1),
             fps=parse_rate(data.get("fps")),
-            width=_int(data, "width", 1, 0) or _missing("width"),
-            height=_int(data, "height", 1, 0) or _missing("height"),
-            codec=_choice(data, "codec", CODECS, None) or _missing("codec"),
+            width=_int(data, "width", 1, 1),
+            height=_int(data, "height", 1, 1),
+            codec=_choice(data, "codec", CODECS, None),
             windows=_int(data, "windows", 1, 1),
             settings=dict(data.get("settings") or {}),
             timings=dict(data.get("timings") or {}),
         )
-
-
-def _missing(name: str) -> Any:
-    raise InvalidInput("is missing", field=name)
 
 
 # Events ---------------------------------------------------------------------------------------------

@@ -95,6 +95,10 @@ def test_results_are_versioned_and_old_unversioned_ones_still_read():
     with pytest.raises(InvalidInput) as error:
         JobResult.from_json({**RESULT, "frames": 0})
     assert error.value.field == "frames"
+    for name in ("codec", "width"):
+        with pytest.raises(InvalidInput, match="is missing") as error:
+            JobResult.from_json({key: value for key, value in RESULT.items() if key != name})
+        assert error.value.field == name
     with pytest.raises(SchemaTooNew):
         JobResult.from_json({**RESULT, "version": 99})
 
