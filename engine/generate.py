@@ -21,7 +21,7 @@ from magic141.errors import InvalidInput
 from magic141.protocol import CONDITIONINGS, JobResult, JobSpec
 from magic141.rational import frame_count, rational_text
 
-from . import media
+from . import media, seam
 from .memory import MemoryEstimate, check_fits, estimate_peak
 from .models import TINY, LoadedModel, default_t2i, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
@@ -261,7 +261,18 @@ class Engine:
         timings["first_frame"] = time.perf_counter() - clock
         spec = self.resolve(spec, image)
         assert spec.height and spec.width and spec.guidance and spec.conditioning  # resolved, for mypy
-        image = fit_image(image, spec.height, spec.width)
+        continued = spec.source.kind == "media"  # a clip continued from its video: match the cut
+        if continued and spec.match_source:
+            # Stretched, not cropped: the generated frames are scaled back to exactly the source's frame,
+            # so the picture keeps its geometry (a bucket's aspect differs from it by a rounding).
+            reference = np.asarray(image)
+            image = image.resize((spec.width, spec.height), PIL.Image.Resampling.LANCZOS)
+        else:
+            image = fit_image(image, spec.height, spec.width)
+            reference = np.asarray(image)
+        out_height, out_width = reference.shape[:2]
+        if media.ENCODERS[spec.codec][1].startswith("yuv420"):  # 4:2:0 needs even sizes: an odd source
+            out_height, out_width = out_height - out_height % 2, out_width - out_width % 2  # loses a line
 
         info, pipe = self.model.info, self.pipe
         native = media.native_frames_needed(n_out, spec.fps, info.native_fps)
@@ -313,12 +324,18 @@ class Engine:
 
         metadata = {"comment": f"magic141 prompt={spec.prompt!r} seed={spec.seed} model={info.name}"}
         native_chunks = chain_windows(plans, run_window, colour_anchor)
+        colour: seam.ColourMatch | None = None
         with media.VideoWriter(
-            out, fps=spec.fps, codec=spec.codec, width=spec.width, height=spec.height, metadata=metadata
+            out, fps=spec.fps, codec=spec.codec, width=out_width, height=out_height, metadata=metadata
         ) as writer:
             written = 0
             for chunk in conform(native_chunks, indices):
                 clock = time.perf_counter()
+                chunk = seam.resize(chunk, out_width, out_height)
+                if continued and spec.color_match > 0:
+                    if colour is None:  # fitted once, on the frame that reproduces the source's
+                        colour = seam.ColourMatch.fit(chunk[0], reference, spec.color_match)
+                    chunk = colour.apply(chunk)
                 writer.write(chunk)
                 stage_totals["write"] += time.perf_counter() - clock
                 written += chunk.shape[0]
@@ -335,12 +352,14 @@ class Engine:
             "shift": spec.shift,
             "guidance": spec.guidance,
             "conditioning": spec.conditioning,
-            "height": spec.height,
+            "height": spec.height,  # the model's (native) size; the file's is the result's
             "width": spec.width,
+            "match_source": spec.match_source,
+            "color_match": spec.color_match if continued else 0.0,
             "seconds": rational_text(spec.seconds),
             "native_frames": native,
             "window_overlap": spec.window_overlap,
         }
-        return JobResult(path=str(out.resolve()), frames=n_out, fps=spec.fps, width=spec.width,
-                         height=spec.height, codec=spec.codec, windows=len(plans), settings=settings,
+        return JobResult(path=str(out.resolve()), frames=n_out, fps=spec.fps, width=out_width,
+                         height=out_height, codec=spec.codec, windows=len(plans), settings=settings,
                          timings=timings)

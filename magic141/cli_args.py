@@ -73,3 +73,16 @@ def positive(flag: str):
         return value
 
     return _typed(flag, parse)
+
+
+def _parse_strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"must be a number from 0 to 1, got {text!r}", field="color_match") from None
+    if not 0 <= value <= 1:
+        raise InvalidInput(f"must be from 0 to 1, got {text}", field="color_match")
+    return value
+
+
+strength = _typed("color_match", _parse_strength)  # 0 (off) to 1 (full)

@@ -49,10 +49,10 @@ from typing import Any
 from .errors import InvalidInput, SchemaTooNew
 from .rational import parse_rate, parse_rational, rational_text
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: color_match and match_source (version 1 specs read with their defaults)
 RESULT_VERSION = 1  # unversioned results (before 0.2) are version 0: fps was written "24/1"
 EVENT_VERSION = 1
-CLIP_RECORD_VERSION = 1
+CLIP_RECORD_VERSION = 2  # 2: native_size and color_match
 SERVICE_FILE_VERSION = 1
 API_VERSION = 1  # the service's URL prefix is /v{API_VERSION}
 
@@ -151,7 +151,12 @@ def _result_from_0(data: dict) -> dict:
 
 
 _RESULT_MIGRATIONS: dict[int, Callable[[dict], dict]] = {0: _result_from_0}
-_SPEC_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+def _spec_from_1(data: dict) -> dict:
+    # Version 2 added match_source and color_match; a version 1 spec keeps what it meant then.
+    return {**data, "match_source": False, "color_match": 0.0}
+
+
+_SPEC_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _spec_from_1}
 _EVENT_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 
 
@@ -189,6 +194,20 @@ def _number(data: dict, name: str, default: float | None, *, minimum: float, inc
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not low_ok:
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
         raise InvalidInput(f"must be a number {bound}, got {raw!r}", field=name)
+    return float(raw)
+
+
+def _flag(data: dict, name: str, default: bool) -> bool:
+    raw = data.get(name, default)
+    if not isinstance(raw, bool):
+        raise InvalidInput(f"must be true or false, got {raw!r}", field=name)
+    return raw
+
+
+def _fraction_of_one(data: dict, name: str, default: float) -> float:
+    raw = data.get(name, default)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= 1:
+        raise InvalidInput(f"must be a number from 0 to 1, got {raw!r}", field=name)
     return float(raw)
 
 
@@ -275,6 +294,8 @@ class JobSpec:
     negative_prompt: str = ""
     conditioning: str | None = None  # None: what the weights expect
     window_overlap: int = 2  # latent frames each sliding window carries into the next
+    match_source: bool = True  # a continued clip comes out at its source's size (model size otherwise)
+    color_match: float = 1.0  # 0-1: how far a continued clip's colour is matched to its source frame
 
     def __post_init__(self) -> None:
         # One validation for every way in: built in code or read from JSON.
@@ -328,6 +349,8 @@ class JobSpec:
             negative_prompt=_text(data, "negative_prompt"),
             conditioning=_choice(data, "conditioning", CONDITIONINGS, None),
             window_overlap=_int(data, "window_overlap", 1, 2),
+            match_source=_flag(data, "match_source", True),
+            color_match=_fraction_of_one(data, "color_match", 1.0),
         )
         for key, value in values.items():
             object.__setattr__(spec, key, value)
@@ -502,10 +525,14 @@ def progress_fraction(step: int, total: int, window: int = 1, windows: int = 1) 
 def clip_record(job_id: str, spec: JobSpec, result: JobResult, *, source_clip: str,
                 source_frame: int | None, **extra: object) -> dict:
     """What a generated clip keeps under ``metadata["magic141"]``: enough to redo it or make a variation."""
+    native = [result.settings.get("width"), result.settings.get("height")]
     return {
         "version": CLIP_RECORD_VERSION, "job_id": job_id, "prompt": spec.prompt, "seed": spec.seed,
         "model": spec.model, "quant": spec.quant, "steps": result.settings.get("steps", spec.steps),
         "source_clip": source_clip, "source_frame": source_frame,
         "source_time": None if spec.source.time is None else rational_text(spec.source.time),
-        "seconds": rational_text(spec.seconds), **extra,
+        "seconds": rational_text(spec.seconds),
+        # The model's own frame size (the media's is the source's when matched) and the colour match used.
+        "native_size": native if all(isinstance(n, int) for n in native) else None,
+        "color_match": result.settings.get("color_match", spec.color_match), **extra,
     }

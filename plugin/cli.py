@@ -25,6 +25,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     extend.add_argument("--steps", type=cli_args.positive("steps"))
     extend.add_argument("--seed", type=cli_args.seed, default=0)
+    colour = extend.add_mutually_exclusive_group()
+    colour.add_argument("--color-match", type=cli_args.strength, default=1.0, metavar="STRENGTH",
+                        help="match the extension's colour to the source frame, 0-1 (default 1)")
+    colour.add_argument("--no-color-match", dest="color_match", action="store_const", const=0.0,
+                        help="leave the model's colours as they come")
     extend.add_argument("--device")
     extend.add_argument("--out", help="where to save the edited timeline (default: in place, with a backup)")
     extend.set_defaults(handler=run_extend)
@@ -56,6 +61,6 @@ def run_extend(args: argparse.Namespace) -> int:
 
     result = extend_clip(args.timeline, args.clip, prompt=args.prompt, seconds=args.seconds, run_job=run_job,
                          at=args.at, mode=args.mode, out=args.out, seed=args.seed, model=args.model,
-                         quant=args.quant, steps=args.steps)
+                         quant=args.quant, steps=args.steps, color_match=args.color_match)
     print(result.describe())
     return 0

@@ -47,7 +47,7 @@ def media_dir_for(timeline: Path) -> Path:
 
 def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
              media_dir: Path, job_id: str, seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
-             steps: int | None = None, codec: str = "h264") -> JobSpec:
+             steps: int | None = None, codec: str = "h264", color_match: float = 1.0) -> JobSpec:
     """The engine job that continues ``ref`` from ``frame`` at the timeline's rate, or (frame None)
     makes a clip from the prompt alone to go after ``ref``."""
     if frame is None:
@@ -59,7 +59,7 @@ def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fracti
     return JobSpec(
         source=source, prompt=prompt, seconds=seconds, fps=rate, seed=seed, model=model_field(model),
         quant=quant, steps=steps, codec=codec, output_dir=str(media_dir.resolve()),
-        output_name=output_name(ref.name, kind, job_id, codec),
+        output_name=output_name(ref.name, kind, job_id, codec), color_match=color_match,
     )
 
 
@@ -77,6 +77,7 @@ def extend_clip(
     model: str = DEFAULT_MODEL,
     quant: str = "none",
     steps: int | None = None,
+    color_match: float = 1.0,
 ) -> ExtendResult:
     """Everything after the editor's choices: check them, run the job, edit and save the timeline."""
     if mode not in tl.MODES:
@@ -89,7 +90,7 @@ def extend_clip(
     job_id = uuid.uuid4().hex[:12]
     spec = job_spec(ref, frame, prompt=prompt, seconds=seconds, rate=doc.rate,
                     media_dir=media_dir_for(out), job_id=job_id, seed=seed, model=model,
-                    quant=quant, steps=steps)
+                    quant=quant, steps=steps, color_match=color_match)
     result = run_job(job_id, spec)
     metadata = clip_record(job_id, spec, result, source_clip=ref.name, source_frame=frame)
     new_clip = tl.add_generated_clip(doc, ref, Path(result.path), result.frames, doc.rate, metadata, mode)

@@ -16,7 +16,8 @@ from magic141.errors import InvalidInput, Magic141Error, SchemaTooNew
 from magic141.protocol import Event, EventType, JobResult, JobSpec, JobState, Source
 from magic141.rational import parse_rate, rate_from_float, rational_text
 
-BASE = {"version": 1, "source": {"kind": "media", "path": "/plates/010.mov", "time": "1001/24"},
+BASE = {"version": protocol.SPEC_VERSION,
+        "source": {"kind": "media", "path": "/plates/010.mov", "time": "1001/24"},
         "prompt": "push in", "seconds": "5/2", "fps": "24000/1001", "output_dir": "/renders"}
 
 
@@ -25,7 +26,8 @@ def test_round_trip_keeps_rationals_exact():
     assert spec.source.time == Fraction(1001, 24) and spec.fps == Fraction(24000, 1001)
     assert spec.seconds == Fraction(5, 2)
     data = spec.to_json()
-    assert data["fps"] == "24000/1001" and data["source"]["time"] == "1001/24" and data["version"] == 1
+    assert data["fps"] == "24000/1001" and data["source"]["time"] == "1001/24"
+    assert data["version"] == protocol.SPEC_VERSION
     assert JobSpec.from_json(data) == spec
     assert spec.output_path("abc") == "/renders/magic141_abc.mp4"
 
@@ -64,8 +66,9 @@ def test_output_names_may_be_any_plain_file_name(name):
 
 
 def test_a_newer_spec_is_refused_as_too_new():
-    with pytest.raises(SchemaTooNew, match="version 2.*reads up to version 1.*upgrade"):
-        JobSpec.from_json({**BASE, "version": 2})
+    newer, current = protocol.SPEC_VERSION + 1, protocol.SPEC_VERSION
+    with pytest.raises(SchemaTooNew, match=f"version {newer}.*reads up to version {current}.*upgrade"):
+        JobSpec.from_json({**BASE, "version": newer})
 
 
 def test_a_spec_built_in_code_is_checked_as_one_read_from_json():
@@ -183,3 +186,15 @@ def test_the_core_imports_nothing_but_the_standard_library():
                                            check=True).stdout))
     assert "magic141" in loaded
     assert loaded - set(sys.stdlib_module_names) == {"magic141"}, "the core must stay stdlib-only"
+
+
+def test_a_version_1_spec_keeps_its_meaning_and_color_match_is_checked():
+    old = JobSpec.from_json({**BASE, "version": 1})  # queued before version 2: no conform, no colour match
+    assert (old.match_source, old.color_match) == (False, 0.0)
+    new = JobSpec.from_json(BASE)
+    assert (new.match_source, new.color_match) == (True, 1.0)
+    for bad, field in (({"color_match": 1.5}, "color_match"), ({"color_match": True}, "color_match"),
+                       ({"match_source": "yes"}, "match_source")):
+        with pytest.raises(InvalidInput) as caught:
+            JobSpec.from_json({**BASE, **bad})
+        assert caught.value.field == field

@@ -18,7 +18,7 @@ import PIL.Image
 import pytest
 import torch
 
-from magic141.engine import media, scores, world
+from magic141.engine import media, scores, seam, world
 from magic141.engine.models import WORLD_DIR, load_model
 from magic141.engine.pipeline import Magic141Pipeline
 from magic141.engine.train import evaluate, sample
@@ -112,8 +112,9 @@ def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(t
     assert status == 0, capsys.readouterr().err[-2000:]
     generated = sorted((out.parent / "extended_magic141").glob("*.mp4"))
     assert len(generated) == 1
-    frames = media.read_frames(generated[0])
-    assert frames.shape[:3] == (24, 32, 48)
+    placed = media.read_frames(generated[0])
+    assert placed.shape[:3] == (24, 128, 192)  # the plate's size, not the model's 48x32
+    frames = seam.resize(placed, 48, 32)  # tracked at the model's size, where the bars were set
     state = sample.last_frame_state()
     found = world.track(frames, world.background(state, 32, 48))
     truth = world.centres_px(state, 24, 32)

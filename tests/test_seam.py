@@ -1,0 +1,122 @@
+"""The cut: a continued clip comes out at its source's size and in its source's colour."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from magic141.engine import media, seam
+from magic141.engine.generate import Engine
+from magic141.protocol import JobSpec, Source, clip_record
+
+
+def _plate(height: int = 128, width: int = 192) -> np.ndarray:
+    """A frame with a colour gradient, a dark band and a red square: colours a match must keep apart."""
+    y, x = np.mgrid[0:height, 0:width]
+    frame = np.stack([40 + 60 * x / width, 90 + 80 * y / height, 150 - 50 * x / width], axis=-1)
+    frame[height // 3: height // 2] *= 0.4
+    frame[10:40, 20:50] = (220, 30, 30)
+    return frame.round().astype(np.uint8)
+
+
+def _shifted(frame: np.ndarray) -> np.ndarray:
+    """What a drifting model does: warmer, darker, a lifted black."""
+    linear = seam.to_linear(frame) * np.array([1.15, 0.85, 0.7]) + 0.02
+    return seam.from_linear(linear)
+
+
+def test_colour_match_undoes_a_colour_shift_and_strength_blends():
+    source = _plate()
+    drifted = _shifted(source)
+    before = seam.mean_colour_difference(drifted, source)
+    full = seam.ColourMatch.fit(drifted, source).apply(drifted[None])[0]
+    half = seam.ColourMatch.fit(drifted, source, 0.5).apply(drifted[None])[0]
+    off = seam.ColourMatch.fit(drifted, source, 0.0).apply(drifted[None])[0]
+    after = seam.mean_colour_difference(full, source)
+    assert before > 0.03 and after < before / 10
+    assert after < seam.mean_colour_difference(half, source) < before
+    assert np.array_equal(off, drifted)
+    # Per pixel too (not only on average): the red square and the band come back near their colours.
+    assert np.abs(full.astype(int) - source).mean() < np.abs(drifted.astype(int) - source).mean() / 3
+
+
+def test_mkl_agrees_with_color_matcher():
+    mvgd = pytest.importorskip("color_matcher.mvgd_matcher", reason="color-matcher is a test extra")
+    rng = np.random.default_rng(0)
+    source = rng.random((500, 3)) @ np.array([[1.0, 0.2, 0.1], [0.0, 0.8, 0.3], [0.1, 0.0, 0.5]])
+    reference = rng.random((400, 3)) @ np.array([[0.6, 0.1, 0.0], [0.2, 1.1, 0.1], [0.0, 0.3, 0.9]])
+    theirs = mvgd.TransferMVGD(method="mkl")
+    theirs.multivar_transfer(source[:, None, :], reference[:, None, :])
+    # Equal up to the regulariser on the inverse root (ours 1e-6 so flat frames stay finite; theirs 2e-16).
+    assert np.allclose(seam.mkl_transform(source, reference), theirs.transfer_mat.real, rtol=1e-4, atol=0)
+
+
+def test_resize_is_lanczos_to_the_exact_size():
+    frames = np.stack([_plate(32, 48)] * 2)
+    big = seam.resize(frames, 192, 128)
+    assert big.shape == (2, 128, 192, 3) and big.dtype == np.uint8
+    assert seam.resize(frames, 48, 32) is frames
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    return Engine.load("tiny", device="cpu")
+
+
+@pytest.fixture
+def plate(tmp_path):
+    path = tmp_path / "plate.mp4"
+    frame = _plate()
+    with media.VideoWriter(path, fps=Fraction(24), codec="h264", width=192, height=128) as writer:
+        writer.write(np.stack([frame] * 6))
+    return path
+
+
+def matched_spec(plate, tmp_path, **changes) -> dict:
+    return JobSpec(Source("media", str(plate), Fraction(5, 24)), "the ball rolls on", str(tmp_path),
+                   seconds=Fraction(1, 2), seed=3, **changes).to_json()
+
+
+def _extend(engine, plate, tmp_path, name, **changes):
+    return engine.generate(JobSpec.from_json(matched_spec(plate, tmp_path, **changes)), tmp_path / name)
+
+
+def test_a_continued_clip_comes_out_at_its_sources_size_and_colour(tiny_engine, plate, tmp_path):
+    matched = _extend(tiny_engine, plate, tmp_path, "matched.mp4")
+    raw = _extend(tiny_engine, plate, tmp_path, "raw.mp4", color_match=0.0)
+    native = _extend(tiny_engine, plate, tmp_path, "native.mp4", match_source=False, color_match=0.0)
+
+    probed = media.probe_video(matched.path)
+    assert (matched.width, matched.height) == (192, 128) == (probed.width, probed.height)
+    assert (native.width, native.height) == (96, 64)  # the tiny model's own size
+    record = clip_record("j1", JobSpec.from_json(matched_spec(plate, tmp_path)), matched,
+                         source_clip="Plate", source_frame=5)
+    assert record["native_size"] == [96, 64] and record["color_match"] == 1.0
+    source = media.read_frames(plate)[-1]
+    first_matched, first_raw = media.read_frames(matched.path)[0], media.read_frames(raw.path)[0]
+    assert first_raw.shape == source.shape
+    difference = seam.mean_colour_difference
+    assert difference(first_matched, source) < difference(first_raw, source) / 3
+
+
+def test_a_still_image_job_keeps_the_models_size(tiny_engine, tmp_path):
+    image = tmp_path / "still.png"
+    PIL.Image.fromarray(_plate()).save(image)
+    result = tiny_engine.generate(JobSpec(Source("image", str(image)), "a ball", str(tmp_path),
+                                          seconds=Fraction(1, 4)), tmp_path / "still.mp4")
+    assert (result.width, result.height) == (96, 64)
+
+
+def test_a_flat_generated_frame_is_not_stretched_into_halos():
+    source = _plate()
+    flat = np.full_like(source, (30, 40, 70))
+    flat[10:40, 60:90] = (200, 60, 50)  # the ball, blurred away from everything else
+    match = seam.ColourMatch.fit(flat, source)
+    gains = np.linalg.eigvalsh(match.matrix)
+    assert gains.max() <= seam.MAX_GAIN + 1e-9 and gains.min() >= 1 / seam.MAX_GAIN - 1e-9
+    matched = match.apply(flat[None])[0]
+    background = matched[60:, 100:].reshape(-1, 3)
+    assert background.std(axis=0).max() < 1  # a flat background stays flat (no noise blown up)
