@@ -54,7 +54,7 @@ def test_mkl_agrees_with_color_matcher():
     assert np.allclose(seam.mkl_transform(source, reference), theirs.transfer_mat.real, rtol=1e-4, atol=0)
 
 
-def test_resize_is_lanczos_to_the_exact_size():
+def test_resize_reaches_the_exact_size_and_leaves_an_equal_size_alone():
     frames = np.stack([_plate(32, 48)] * 2)
     big = seam.resize(frames, 192, 128)
     assert big.shape == (2, 128, 192, 3) and big.dtype == np.uint8
