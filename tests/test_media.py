@@ -95,15 +95,35 @@ def test_long_streams_keep_every_frame_at_an_exact_rate(tmp_path, fps):
     assert info.fps == fps and info.frames == 90
 
 
-@pytest.mark.parametrize("codec,suffix", [("h264", ".mp4"), ("prores", ".mov")])
-def test_the_same_frames_always_make_the_same_file(tmp_path, codec, suffix):
-    # 48x32 (the world model's size) with noise: threaded swscale gave wrong chroma at its slice
-    # seams for rgb24 -> yuv422p10le at this width, so 10 ProRes takes made up to 9 different files.
-    frames = np.random.default_rng(1).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)
+def moving_ball(n: int, width: int, height: int) -> np.ndarray:
+    """A gradient plate with a ball crossing it: the kind of picture a placed clip holds."""
+    y, x = np.mgrid[:height, :width]
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for t in range(n):
+        frames[t] = np.stack([x * 255 // width, y * 255 // height, np.full_like(x, 90)], -1)
+        ball = (x - 10 - t * width // n) ** 2 + (y - height // 2) ** 2 < (height // 5) ** 2
+        frames[t][ball] = (220, 30, 30)
+    return frames
+
+
+@pytest.mark.parametrize(
+    "codec,suffix,frames",
+    [
+        # 48x32 (the world model's size) with noise: threaded swscale gave wrong chroma at its slice
+        # seams for rgb24 -> yuv422p10le at this width, so 10 ProRes takes made up to 9 different files.
+        ("h264", ".mp4", np.random.default_rng(1).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)),
+        ("prores", ".mov", np.random.default_rng(1).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)),
+        # A moving picture at a placed clip's size: x264's macroblock tree made 7 bitstreams of 30 takes.
+        ("h264", ".mp4", moving_ball(24, 192, 128)),
+    ],
+    ids=["h264-noise", "prores-noise", "h264-moving"],
+)
+def test_the_same_frames_always_make_the_same_file(tmp_path, codec, suffix, frames):
     takes = set()
-    for take in range(10):
+    for take in range(12):
         path = tmp_path / f"take{take}{suffix}"
-        with media.VideoWriter(path, fps=Fraction(24), codec=codec, width=48, height=32) as writer:
+        with media.VideoWriter(path, fps=Fraction(24), codec=codec, width=frames.shape[2],
+                               height=frames.shape[1]) as writer:
             writer.write(frames)
         takes.add(path.read_bytes())
     assert len(takes) == 1
