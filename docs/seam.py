@@ -33,6 +33,8 @@ def extend(folder: Path, *flags: str) -> np.ndarray:
 def main() -> None:
     plate = media.read_frames(SAMPLE / "plate.mp4")
     rows = {"plate, last 6": plate[-6:]}
+    step = seam.seam_score(plate[-2], plate[-1])
+    print(f"the plate's own last step: CIEDE2000 {step['ciede2000']:.2f}, PSNR {step['psnr']:.2f} dB")
     with tempfile.TemporaryDirectory() as tmp:
         runs = (("placed, colour matched", ()), ("placed, --no-color-match", ("--no-color-match",)))
         for label, flags in runs:
@@ -40,7 +42,9 @@ def main() -> None:
             folder.mkdir()
             frames = extend(folder, *flags)
             rows[label] = frames[:6]
-            print(f"{label}: {frames.shape[2]}x{frames.shape[1]}; seam mean linear colour difference "
+            score = seam.seam_score(plate[-1], frames[0])
+            print(f"{label}: {frames.shape[2]}x{frames.shape[1]}; seam CIEDE2000 {score['ciede2000']:.2f}, "
+                  f"PSNR {score['psnr']:.2f} dB, mean linear colour difference "
                   f"{seam.mean_colour_difference(plate[-1], frames[0]):.4f}")
     height, width = plate.shape[1:3]
     sheet = np.full((len(rows) * (height + 4), 6 * (width + 4), 3), 255, np.uint8)

@@ -12,6 +12,9 @@ text-to-image stage), on held-out world states:
    (moving, falling, spinning, under a panning or a still camera).
 3. Text-to-video: the text-to-image model's first frame, then the default transformer.
 4. A 60-second sliding-window run: background and object colour drift, object still found.
+5. The seam of the README's main job (the sample plate, extended): CIEDE2000 and PSNR between the
+   plate's last frame and the first placed frame, with and without the colour match, beside the
+   same for the world's true next frame and for the plate's own last step.
 
 The held-out states come from the world the model was trained on (its ``training.json``);
 ``--physics`` scores it on the other one instead. ``--quick`` scores 8 clips per row and one long run
@@ -102,6 +105,49 @@ def _long_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _seam_table(rows: list[dict]) -> str:
+    lines = ["### Seam (the sample plate's last frame -> the next frame on the timeline)", "",
+             "| next frame | CIEDE2000 | PSNR (dB) |", "| --- | --- | --- |"]
+    lines += [f"| {r['variant']} | {_f(r['ciede2000'], 2)} | {_f(r['psnr'], 2)} |" for r in rows]
+    return "\n".join(lines)
+
+
+def seam_rows(model: str, *, device, seeds: int = 4) -> list[dict]:
+    """Section 5: the sample job's cut, averaged over ``seeds`` seeds, against the world's own."""
+    import tempfile
+    from fractions import Fraction
+
+    import numpy as np
+
+    from magic141.protocol import JobSpec, Source
+
+    from . import media, seam, world
+    from .generate import Engine
+    from .train import sample
+
+    plate_path = Path(__file__).resolve().parents[1] / "resources" / "world_sample" / "plate.mp4"
+    plate = media.read_frames(plate_path)
+    height, width = plate.shape[1:3]
+    truth = world.render(sample.last_frame_state(), 2, height, width)[1]
+    engine = Engine.load(model, device=str(device))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for label, strength in (("placed, colour matched", 1.0), ("placed, --no-color-match", 0.0)):
+            scores = []
+            for seed in range(seeds):
+                last = Fraction(sample.FRAMES - 1) / world.FPS
+                spec = JobSpec(source=Source("media", str(plate_path), last), prompt=sample.PROMPT,
+                               seconds=1 / world.FPS, fps=world.FPS, seed=seed,
+                               color_match=strength, output_dir=folder, output_name="next.mp4")
+                out = Path(folder) / "next.mp4"
+                engine.generate(spec, out)
+                scores.append(seam.seam_score(plate[-1], media.read_frames(out)[0]))
+            rows.append({"variant": f"{label} ({seeds} seeds)",
+                         **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}})
+    return rows + [{"variant": "world's true continuation", **seam.seam_score(plate[-1], truth)},
+                   {"variant": "the plate's own last step", **seam.seam_score(plate[-2], plate[-1])}]
+
+
 def run_eval(args) -> int:
     from .quant import import_torchao_quietly
 
@@ -137,6 +183,8 @@ def run_eval(args) -> int:
         if result["long"]:
             print(_long_table(result["long"]))
             print()
+        print(_seam_table(result["seam"]))
+        print()
         print(
             f"{result['clips']} clips per row of the {result['physics']} world (trained on the "
             f"{result['trained_on']} one) on {result['device']}, {result['seconds']:.0f} s in all"
@@ -267,6 +315,9 @@ def evaluate(
             ev.run_long(pipe_with(default), case, seconds=long_seconds, window_frames=frames, steps=4)
         )
         progress(f"{long_seconds} s run: background drift {long_rows[-1]['background_drift']}")
+    seam_table = seam_rows(model, device=device)
+    progress(f"seam: CIEDE2000 {seam_table[0]['ciede2000']:.2f} colour matched, "
+             f"{seam_table[1]['ciede2000']:.2f} unmatched, {seam_table[2]['ciede2000']:.2f} the truth")
 
     return {
         "model": loaded.info.name,
@@ -282,5 +333,6 @@ def evaluate(
         "kinds": kind_rows,
         "t2v": t2v_rows,
         "long": long_rows,
+        "seam": seam_table,
         "seconds": round(time.perf_counter() - started, 1),
     }

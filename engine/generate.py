@@ -275,7 +275,11 @@ class Engine:
             out_height, out_width = out_height - out_height % 2, out_width - out_width % 2  # loses a line
 
         info, pipe = self.model.info, self.pipe
-        native = media.native_frames_needed(n_out, spec.fps, info.native_fps)
+        # A continued clip starts one timeline frame after the source frame: the model's first frame
+        # shows the source frame's own instant again (it only fits the colour match), so placing it
+        # would hold that instant for a frame at the cut (bench/seam_frame.py measures the choice).
+        skip = 1 if continued else 0
+        native = media.native_frames_needed(n_out + skip, spec.fps, info.native_fps)
         plans = plan_windows(
             native,
             window_frames=info.window_frames,
@@ -283,7 +287,7 @@ class Engine:
             dropped=pipe.frames_dropped(spec.conditioning),
             multiple=pipe.frame_multiple,
         )
-        indices = media.conform_indices(n_out, spec.fps, info.native_fps)
+        indices = media.conform_indices(n_out + skip, spec.fps, info.native_fps)
         estimate = self.estimate_memory(spec.height, spec.width, plans[0].frames, spec.guidance)
         check_fits(estimate, pipe.device, resident_bytes=self.resident_bytes())
 
@@ -336,6 +340,8 @@ class Engine:
                     if colour is None:  # fitted once, on the frame that reproduces the source's
                         colour = seam.ColourMatch.fit(chunk[0], reference, spec.color_match)
                     chunk = colour.apply(chunk)
+                if skip:
+                    chunk, skip = chunk[skip:], 0
                 writer.write(chunk)
                 stage_totals["write"] += time.perf_counter() - clock
                 written += chunk.shape[0]

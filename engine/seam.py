@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 
+from .scores import psnr
+
 _EPS = 1e-6
 MAX_GAIN = 1.5  # the most a colour match stretches or squeezes contrast along any colour axis
 
@@ -100,3 +102,28 @@ class ColourMatch:
 def mean_colour_difference(a: np.ndarray, b: np.ndarray) -> float:
     """The distance between two frames' mean linear colours (0-1 scale), whatever their sizes."""
     return float(np.linalg.norm(to_linear(a).reshape(-1, 3).mean(0) - to_linear(b).reshape(-1, 3).mean(0)))
+
+
+def seam_score(last_source: np.ndarray, first_placed: np.ndarray) -> dict[str, float]:
+    """How the cut looks: the mean CIEDE2000 colour difference and the PSNR (dB) between the source's
+    last frame and the first frame placed after it (uint8 [h, w, 3]; the second resized to the first).
+
+    A cut that shows the scene carrying on scores about what two neighbouring frames of real footage
+    do (``magic141 eval`` scores the world's true continuation the same way).
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # colour warns, once, that its SciPy-based features are unavailable
+        warnings.simplefilter("ignore")
+        import colour
+
+    height, width = last_source.shape[:2]
+    placed = resize(first_placed[None], width, height)[0]
+    bt709 = colour.RGB_COLOURSPACES["ITU-R BT.709"]
+
+    def lab(rgb: np.ndarray) -> np.ndarray:  # linear light (the same BT.709 decoding as the match), D65
+        xyz = colour.RGB_to_XYZ(to_linear(rgb), bt709, apply_cctf_decoding=False)
+        return colour.XYZ_to_Lab(xyz, bt709.whitepoint)
+
+    difference = colour.delta_E(lab(last_source), lab(placed), method="CIE 2000")
+    return {"ciede2000": float(np.mean(difference)), "psnr": psnr(last_source, placed)}

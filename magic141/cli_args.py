@@ -60,19 +60,24 @@ def _parse_seed(text: str) -> int:
 seed = _typed("seed", _parse_seed)
 
 
-def positive(flag: str):
-    """A whole number >= 1 (steps, sizes, counts)."""
+def whole(flag: str, minimum: int):
+    """A whole number >= ``minimum``."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise InvalidInput(f"must be a whole number, got {text!r}", field=flag) from None
-        if value < 1:
-            raise InvalidInput(f"must be at least 1, got {value}", field=flag)
+        if value < minimum:
+            raise InvalidInput(f"must be at least {minimum}, got {value}", field=flag)
         return value
 
     return _typed(flag, parse)
+
+
+def positive(flag: str):
+    """A whole number >= 1 (steps, sizes, counts)."""
+    return whole(flag, 1)
 
 
 def _parse_strength(text: str) -> float:

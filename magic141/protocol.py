@@ -52,7 +52,8 @@ from .rational import parse_rate, parse_rational, rational_text
 SPEC_VERSION = 2  # 2: color_match and match_source (version 1 specs read with their defaults)
 RESULT_VERSION = 1  # unversioned results (before 0.2) are version 0: fps was written "24/1"
 EVENT_VERSION = 1
-CLIP_RECORD_VERSION = 2  # 2: native_size and color_match
+CLIP_RECORD_VERSION = 2  # 2: native_size, color_match and handles
+EXTEND_REPORT_VERSION = 1  # what ``magic141 extend --json`` prints
 SERVICE_FILE_VERSION = 1
 API_VERSION = 1  # the service's URL prefix is /v{API_VERSION}
 

@@ -30,6 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="match the extension's colour to the source frame, 0-1 (default 1)")
     colour.add_argument("--no-color-match", dest="color_match", action="store_const", const=0.0,
                         help="leave the model's colours as they come")
+    extend.add_argument("--handles", type=cli_args.whole("handles", 0), default=0, metavar="N",
+                        help="N more frames at the head of the new media, under the source's last N, for a "
+                        "dissolve in the host (the clip still starts after the source; default 0)")
+    extend.add_argument("--json", action="store_true",
+                        help="print where the clip landed and its seam score as JSON (README: Extend a clip)")
     extend.add_argument("--device")
     extend.add_argument("--out", help="where to save the edited timeline (default: in place, with a backup)")
     extend.set_defaults(handler=run_extend)
@@ -61,6 +66,12 @@ def run_extend(args: argparse.Namespace) -> int:
 
     result = extend_clip(args.timeline, args.clip, prompt=args.prompt, seconds=args.seconds, run_job=run_job,
                          at=args.at, mode=args.mode, out=args.out, seed=args.seed, model=args.model,
-                         quant=args.quant, steps=args.steps, color_match=args.color_match)
-    print(result.describe())
+                         quant=args.quant, steps=args.steps, color_match=args.color_match,
+                         handles=args.handles)
+    if args.json:
+        import json
+
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(result.describe())
     return 0

@@ -215,36 +215,39 @@ def _range_at(rate: Fraction, start: int, frames: int) -> TimeRange:
 
 
 def generated_clip(name: str, media_path: Path, frames: int, rate: Fraction,
-                   metadata: dict) -> otio.schema.Clip:
-    """A clip whose range is exactly its media: ``frames`` frames at ``rate`` from 0."""
-    whole = _range_at(rate, 0, frames)
+                   metadata: dict, handles: int = 0) -> otio.schema.Clip:
+    """A clip of media of ``frames`` frames at ``rate`` from 0, using all of it but the first
+    ``handles`` (media under the source's end, left for a dissolve)."""
     clip = otio.schema.Clip(
         name=name,
         media_reference=otio.schema.ExternalReference(target_url=Path(media_path).resolve().as_uri(),
-                                                      available_range=whole),
-        source_range=whole,
+                                                      available_range=_range_at(rate, 0, frames)),
+        source_range=_range_at(rate, handles, frames - handles),
         metadata={NAMESPACE: copy.deepcopy(metadata)},
     )
-    clip.markers.append(otio.schema.Marker(name=MARKER_NAME, marked_range=_range_at(rate, 0, frames),
+    clip.markers.append(otio.schema.Marker(name=MARKER_NAME,
+                                           marked_range=_range_at(rate, handles, frames - handles),
                                            color=otio.schema.MarkerColor.PURPLE,
                                            metadata={NAMESPACE: {"job_id": metadata.get("job_id")}}))
     return clip
 
 
 def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames: int, rate: Fraction,
-                       metadata: dict, mode: str = "insert") -> otio.schema.Clip:
+                       metadata: dict, mode: str = "insert", handles: int = 0) -> otio.schema.Clip:
     """Place the generated media after ``ref``: inserted on its track (later items ripple by its
-    duration), overwriting what follows on its track, or on a new track above. Returns the new clip."""
+    duration), overwriting what follows on its track, or on a new track above. Returns the new clip.
+    Its first ``handles`` media frames stay unused, under the end of ``ref``."""
     if mode not in MODES:
         raise TimelineError(f"must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
-    if frames < 1:
-        raise TimelineError(f"the generated media has {frames} frames")
+    if frames - handles < 1:
+        raise TimelineError(f"the generated media has {frames} frames, {handles} of them handles")
     track = ref.track
     try:
         index = track.index(ref.clip)
     except ValueError as exc:
         raise TimelineError(f"clip {ref.name!r} is no longer on track {track.name!r}") from exc
-    clip = generated_clip(f"{ref.name} ext", media_path, frames, rate, metadata)
+    clip = generated_clip(f"{ref.name} ext", media_path, frames, rate, metadata, handles)
+    frames -= handles  # what the clip uses on the track
     end = _frames(_seconds(track.range_of_child_at_index(index).end_time_exclusive()), rate)
     if mode == "insert":
         following = track[index + 1] if index + 1 < len(track) else None

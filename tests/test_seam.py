@@ -43,6 +43,19 @@ def test_colour_match_undoes_a_colour_shift_and_strength_blends():
     assert np.abs(full.astype(int) - source).mean() < np.abs(drifted.astype(int) - source).mean() / 3
 
 
+def test_the_seam_score_sees_a_colour_shift_and_the_match_lowers_it():
+    source = _plate()
+    drifted = _shifted(source)
+    matched = seam.ColourMatch.fit(drifted, source).apply(drifted[None])[0]
+    same, shifted, fixed = (seam.seam_score(source, frame) for frame in (source, drifted, matched))
+    assert same == {"ciede2000": 0.0, "psnr": 99.0}
+    # CIEDE2000 about 1 is a just-noticeable difference: the drift is plain, the match brings it near 1.
+    assert shifted["ciede2000"] > 5 and fixed["ciede2000"] < shifted["ciede2000"] / 3
+    assert fixed["psnr"] > shifted["psnr"] + 6
+    small = seam.resize(matched[None], 96, 64)[0]  # a frame at another size is compared at the source's
+    assert seam.seam_score(source, small)["ciede2000"] < shifted["ciede2000"] / 2
+
+
 def test_mkl_agrees_with_color_matcher():
     mvgd = pytest.importorskip("color_matcher.mvgd_matcher", reason="color-matcher is a test extra")
     rng = np.random.default_rng(0)
@@ -100,6 +113,22 @@ def test_a_continued_clip_comes_out_at_its_sources_size_and_colour(tiny_engine, 
     assert first_raw.shape == source.shape
     difference = seam.mean_colour_difference
     assert difference(first_matched, source) < difference(first_raw, source) / 3
+
+
+def test_a_continued_clip_starts_one_frame_after_its_source_frame(tiny_engine, plate, tmp_path):
+    """The model's first frame shows the source frame's instant again; a continued clip leaves it
+    out (it would hold that instant at the cut), where a job from a still starts on it. ProRes is
+    intra-only, so equal frames encode equally whatever their neighbours."""
+    still = tmp_path / "frame5.png"
+    media.grab_frame(plate, Fraction(5, 24)).save(still)
+    common = dict(prompt="the ball rolls on", output_dir=str(tmp_path), seed=3, codec="prores",
+                  match_source=False, color_match=0.0)
+    continued = tiny_engine.generate(JobSpec(Source("media", str(plate), Fraction(5, 24)),
+                                             seconds=Fraction(6, 24), **common), tmp_path / "continued.mov")
+    from_still = tiny_engine.generate(JobSpec(Source("image", str(still)), seconds=Fraction(7, 24), **common),
+                                      tmp_path / "still.mov")
+    assert continued.frames == 6 and from_still.frames == 7
+    np.testing.assert_array_equal(media.read_frames(continued.path), media.read_frames(from_still.path)[1:])
 
 
 def test_a_still_image_job_keeps_the_models_size(tiny_engine, tmp_path):

@@ -15,11 +15,12 @@ import opentimelineio as otio
 import pytest
 
 from magic141.engine import media
+from magic141.engine.seam import seam_score
 from magic141.errors import InvalidInput
 from magic141.plugin import timeline as tl
 from magic141.plugin.extend import extend_clip
 from magic141.protocol import CLIP_RECORD_VERSION, JobResult, JobSpec
-from magic141.rational import rate_from_float
+from magic141.rational import frame_count, rate_from_float
 
 RT, TR = otio.opentime.RationalTime, otio.opentime.TimeRange
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,13 +28,14 @@ RATES = [Fraction(24), Fraction(25), Fraction(24000, 1001), Fraction(30000, 1001
 MEDIA_FRAMES = 40
 
 
-def make_media(path: Path, rate: Fraction, frames: int = MEDIA_FRAMES) -> np.ndarray:
-    """A video whose every frame differs (a bar moves one column per frame); returns a reference decode."""
+def make_media(path: Path, rate: Fraction, frames: int = MEDIA_FRAMES, first: int = 0) -> np.ndarray:
+    """A video whose every frame differs (a bar moves one column per frame), from the pattern's frame
+    ``first`` on; returns a reference decode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     video = np.zeros((frames, 32, 48, 3), np.uint8)
-    for i in range(frames):
-        video[i, :, i % 48] = 255
-        video[i, ..., 1] = 4 * i
+    for j, i in enumerate(range(first, first + frames)):
+        video[j, :, i % 48] = 255
+        video[j, ..., 1] = 4 * i
     with media.VideoWriter(path, fps=rate, codec="h264", width=48, height=32) as writer:
         writer.write(video)
     return media.read_frames(path)
@@ -249,11 +251,44 @@ def test_extend_places_the_result_with_its_clip_record_and_refuses_a_bad_mode(tm
     assert record == {"version": CLIP_RECORD_VERSION, "job_id": done.job_id, "prompt": "the bar keeps moving",
                       "seed": 9, "model": "tiny", "quant": "none", "steps": 4, "source_clip": "B",
                       "source_frame": 2, "source_time": "11/12", "seconds": "1/4", "native_size": None,
-                      "color_match": 1.0}
+                      "color_match": 1.0, "handles": 0}
     with pytest.raises(InvalidInput) as caught:
         extend_clip(path, "B", prompt="x", seconds=Fraction(1), run_job=run_job, mode="sideways")
     assert caught.value.field == "mode" and "--" not in caught.value.message
     assert "insert, overwrite, newtrack" in caught.value.message and len(asked) == 1
+
+
+def test_handles_put_media_under_the_sources_end_and_the_seam_is_scored(tmp_path):
+    """--handles 3: the job continues from 3 frames earlier for 3 more frames; the clip uses its media
+    from frame 3, so the host has 3 frames to dissolve over. A stand-in engine that makes the true
+    continuation gives a cut that scores as that step in the source's media does."""
+    rate = Fraction(24)
+    plate = make_media(tmp_path / "media" / "plate.mp4", rate)
+    path = make_timeline(tmp_path, rate, "media/plate.mp4", tc_start=0)
+    asked: list[JobSpec] = []
+
+    def run_job(job_id: str, spec: JobSpec) -> JobResult:
+        asked.append(spec)
+        out = Path(spec.output_path(job_id))
+        frames = frame_count(spec.seconds, rate)
+        first = round(spec.source.time * rate) + 1  # the frame after the one continued from
+        make_media(out, rate, frames=frames, first=first)
+        return JobResult(str(out), frames, rate, 48, 32, spec.codec)
+
+    done = extend_clip(path, "B", prompt="the bar keeps moving", seconds=Fraction(1, 4), run_job=run_job,
+                       handles=3, out=tmp_path / "out.otio")
+    (spec,) = asked
+    assert spec.source.time == Fraction(29 - 3, 24) and spec.seconds == Fraction(6 + 3, 24)
+    clip = tl.find_clip(tl.open_timeline(done.timeline), "B ext").clip
+    assert clip.source_range.start_time.to_frames() == 3 and clip.source_range.duration.to_frames() == 6
+    assert clip.media_reference.available_range.duration.to_frames() == 9
+    assert clip.metadata["magic141"]["handles"] == 3 and done.duration.to_frames() == 6
+    true_cut = seam_score(plate[29], plate[30])  # clip B ends on media frame 29
+    assert done.seam["cut"] == pytest.approx(true_cut, rel=0.05)
+    assert done.seam["source_step"] == pytest.approx(seam_score(plate[28], plate[29]), rel=0.05)
+    with pytest.raises(InvalidInput, match="handle") as caught:
+        extend_clip(path, "B", prompt="x", seconds=Fraction(1), run_job=run_job, at=2, handles=3)
+    assert caught.value.field == "handles" and len(asked) == 1
 
 
 def test_saved_files_get_the_usual_permissions(tmp_path):
