@@ -21,7 +21,7 @@ from magic141.errors import InvalidInput
 from magic141.protocol import CONDITIONINGS, JobResult, JobSpec
 from magic141.rational import frame_count, rational_text
 
-from . import media, seam
+from . import ambience, media, seam
 from .memory import MemoryEstimate, check_fits, estimate_peak
 from .models import TINY, LoadedModel, default_t2i, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
@@ -259,13 +259,17 @@ class Engine:
         clock = time.perf_counter()
         image = self.first_frame(spec)
         timings["first_frame"] = time.perf_counter() - clock
+        continued = spec.source.kind == "media"  # a clip continued from its video: match the cut
+        reference = np.asarray(image)  # the source frame as stored
+        pixel_aspect = media.picture_format(spec.source.path).sample_aspect if continued else None
+        if pixel_aspect is not None:  # the model sees square pixels; the output is stored as the source
+            shown = (round(image.width * pixel_aspect), image.height)
+            image = image.resize(shown, PIL.Image.Resampling.LANCZOS)
         spec = self.resolve(spec, image)
         assert spec.height and spec.width and spec.guidance and spec.conditioning  # resolved, for mypy
-        continued = spec.source.kind == "media"  # a clip continued from its video: match the cut
         if continued and spec.match_source:
             # Stretched, not cropped: the generated frames are scaled back to exactly the source's frame,
             # so the picture keeps its geometry (a bucket's aspect differs from it by a rounding).
-            reference = np.asarray(image)
             image = image.resize((spec.width, spec.height), PIL.Image.Resampling.LANCZOS)
         else:
             image = fit_image(image, spec.height, spec.width)
@@ -327,11 +331,14 @@ class Engine:
             return made.frames
 
         metadata = {"comment": f"magic141 prompt={spec.prompt!r} seed={spec.seed} model={info.name}"}
+        clock = time.perf_counter()
+        sound, sound_note = ambience.for_extension(spec, n_out) if continued else (None, "video only")
+        timings["ambience"] = time.perf_counter() - clock
         native_chunks = chain_windows(plans, run_window, colour_anchor)
         colour: seam.ColourMatch | None = None
-        with media.VideoWriter(
-            out, fps=spec.fps, codec=spec.codec, width=out_width, height=out_height, metadata=metadata
-        ) as writer:
+        with media.VideoWriter(out, fps=spec.fps, codec=spec.codec, width=out_width, height=out_height,
+                               metadata=metadata, audio=sound,
+                               sample_aspect=pixel_aspect if spec.match_source else None) as writer:
             written = 0
             for chunk in conform(native_chunks, indices):
                 clock = time.perf_counter()
@@ -362,6 +369,8 @@ class Engine:
             "width": spec.width,
             "match_source": spec.match_source,
             "color_match": spec.color_match if continued else 0.0,
+            "ambience": sound_note,  # what the sound is, or why there is none
+            "ambience_frames": 0 if sound is None else round(sound.samples.shape[1] * spec.fps / sound.rate),
             "seconds": rational_text(spec.seconds),
             "native_frames": native,
             "window_overlap": spec.window_overlap,

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -23,6 +23,9 @@ from magic141 import atomic
 from magic141.errors import InvalidInput
 from magic141.protocol import CODECS
 from magic141.rational import rational_text
+
+if TYPE_CHECKING:
+    from .ambience import SourceAudio
 
 # Why h264 encodes with ``no-mbtree``: measured with PyAV 18.1 / FFmpeg 8 (libavcodec 62.28), the same
 # 24 moving frames encoded 30 times in one process gave 7 different bitstreams at 192x128 even with
@@ -36,6 +39,10 @@ ENCODERS = {
     "prores": ("prores_ks", "yuv422p10le", {"profile": "3", "vendor": "apl0"}),  # 3 = 422 HQ
 }
 assert ENCODERS.keys() == CODECS.keys(), "every codec of the protocol needs an encoder here"
+# Sound beside the picture: AAC in .mp4 (FFmpeg's own encoder, 192 kb/s), 24-bit PCM in .mov (as a
+# ProRes master carries it).
+AUDIO_ENCODERS = {"h264": ("aac", {"b": "192k"}), "prores": ("pcm_s24le", {})}
+assert AUDIO_ENCODERS.keys() == CODECS.keys()
 BT709 = 1  # the ITU-T H.273 code for BT.709 primaries, transfer and matrix
 RANGE_LIMITED = 1  # AVCOL_RANGE_MPEG
 
@@ -130,11 +137,13 @@ class VideoWriter:
     """Stream RGB frames into a video that appears at ``path`` only when complete.
 
     Frames go to a hidden temporary file beside ``path`` (``atomic.replacing``); a clean exit flushes
-    the encoder, closes the container and renames it into place; any exception removes it.
+    the encoder, closes the container and renames it into place; any exception removes it. With
+    ``audio``, its samples (from time 0) are written beside the frames, interleaved as they go.
     """
 
     def __init__(self, path: str | os.PathLike, *, fps: Fraction, codec: str, width: int, height: int,
-                 metadata: dict | None = None) -> None:
+                 metadata: dict | None = None, audio: SourceAudio | None = None,
+                 sample_aspect: Fraction | None = None) -> None:
         self.path = check_output_path(path, codec)
         self.fps = Fraction(fps)
         if self.fps <= 0:
@@ -151,6 +160,10 @@ class VideoWriter:
         self._replacing = ExitStack()  # holds atomic.replacing's temporary file until __exit__
         self._container: Any = None  # av's output container and stream, while open
         self._stream: Any = None
+        self.sample_aspect = sample_aspect  # the pixel aspect ratio (None: square pixels, untagged)
+        self.audio = audio
+        self._audio_stream: Any = None
+        self._audio_written = 0  # samples
 
     def __enter__(self) -> VideoWriter:
         try:
@@ -163,7 +176,13 @@ class VideoWriter:
             context = stream.codec_context
             context.color_primaries = context.color_trc = context.colorspace = BT709
             context.color_range = RANGE_LIMITED
+            if self.sample_aspect is not None:
+                context.sample_aspect_ratio = self.sample_aspect
             self._stream = stream
+            if self.audio is not None:
+                encoder, options = AUDIO_ENCODERS[self.codec]
+                self._audio_stream = self._container.add_stream(
+                    encoder, rate=self.audio.rate, layout=self.audio.layout, options=dict(options))
         except BaseException as exc:
             self._discard(exc)
             raise
@@ -191,7 +210,20 @@ class VideoWriter:
             yuv.time_base = self.time_base
             self._mux(self._stream.encode(yuv))
             self.frames += 1
+            if self.audio is not None:
+                self._write_audio(until=round(self.frames * self.audio.rate / self.fps))
 
+    def _write_audio(self, until: int) -> None:
+        """Encode the audio samples up to ``until`` (the time of the frames written so far)."""
+        if self.audio is None or until <= self._audio_written:
+            return
+        start, self._audio_written = self._audio_written, min(until, self.audio.samples.shape[1])
+        chunk = np.ascontiguousarray(self.audio.samples[:, start: self._audio_written], dtype=np.float32)
+        if chunk.shape[1]:
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.audio.layout)
+            frame.rate, frame.pts, frame.time_base = self.audio.rate, start, Fraction(1, self.audio.rate)
+            for packet in self._audio_stream.encode(frame):
+                self._container.mux(packet)
     def _mux(self, packets) -> None:
         for packet in packets:
             if self.codec == "prores":
@@ -207,6 +239,10 @@ class VideoWriter:
             self._discard(exc)
             return
         try:
+            if self.audio is not None:
+                self._write_audio(until=self.audio.samples.shape[1])
+                for packet in self._audio_stream.encode(None):  # flush
+                    self._container.mux(packet)
             self._mux(self._stream.encode())  # flush: the encoder holds frames back
             self._container.close()  # the trailer is written before the file is renamed into place
             self._container = None
@@ -237,6 +273,24 @@ def _open_video(path):
         return av.open(str(path))
     except av.FFmpegError as exc:
         raise InvalidInput(f"video {path} cannot be read: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class PictureFormat:
+    """What a conform keeps from a source, read from its header (no decoding)."""
+
+    bit_depth: int  # bits per sample of the first component: 8, 10, 12...
+    sample_aspect: Fraction | None  # the pixel aspect ratio; None when square or not tagged
+
+
+def picture_format(path) -> PictureFormat:
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        bits = av.VideoFormat(context.format.name).components[0].bits if context.format else 8
+        aspect = stream.sample_aspect_ratio or context.sample_aspect_ratio
+        square = aspect is None or aspect == 1 or aspect == 0
+        return PictureFormat(int(bits), None if square else Fraction(aspect))
 
 
 def probe_video(path) -> VideoInfo:

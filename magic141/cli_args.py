@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import NoReturn
 
 from .errors import InvalidInput
-from .protocol import QUANTS
+from .protocol import MAX_AMBIENCE_SECONDS, QUANTS
 from .rational import parse_rate, parse_rational
 
 QUANT_CHOICES = QUANTS
@@ -91,3 +91,16 @@ def _parse_strength(text: str) -> float:
 
 
 strength = _typed("color_match", _parse_strength)  # 0 (off) to 1 (full)
+
+
+def _parse_ambience(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"must be a number of seconds, got {text!r}", field="ambience") from None
+    if not 0 <= value <= MAX_AMBIENCE_SECONDS:
+        raise InvalidInput(f"must be from 0 to {MAX_AMBIENCE_SECONDS} seconds, got {text}", field="ambience")
+    return value
+
+
+ambience = _typed("ambience", _parse_ambience)  # seconds of the source's ambience under an extension

@@ -49,10 +49,10 @@ from typing import Any
 from .errors import InvalidInput, SchemaTooNew
 from .rational import parse_rate, parse_rational, rational_text
 
-SPEC_VERSION = 2  # 2: color_match and match_source (version 1 specs read with their defaults)
+SPEC_VERSION = 3  # 2: color_match and match_source; 3: ambience (older specs read with what they meant)
 RESULT_VERSION = 1  # unversioned results (before 0.2) are version 0: fps was written "24/1"
 EVENT_VERSION = 1
-CLIP_RECORD_VERSION = 2  # 2: native_size, color_match and handles
+CLIP_RECORD_VERSION = 2  # 2: native_size, color_match, ambience and handles
 EXTEND_REPORT_VERSION = 1  # what ``magic141 extend --json`` prints
 SERVICE_FILE_VERSION = 1
 API_VERSION = 1  # the service's URL prefix is /v{API_VERSION}
@@ -61,6 +61,7 @@ SOURCE_KINDS = ("image", "media", "none")
 QUANTS = ("none", "int8", "fp8")
 CODECS = {"h264": ".mp4", "prores": ".mov"}  # codec -> file suffix (encoders: engine/media.py)
 MAX_SECONDS = 3600
+MAX_AMBIENCE_SECONDS = 10  # the longest ambience carried under an extension (as Adobe's Generative Extend)
 SIZE_MULTIPLE = 16  # height and width in a spec; a model may need a coarser multiple (it says so)
 BUILTIN_MODELS = ("world", "tiny")  # built into the engine; any other model is a path
 DEFAULT_MODEL = "world"  # trained on the procedural world (resources/world); "tiny" is random weights
@@ -157,7 +158,12 @@ def _spec_from_1(data: dict) -> dict:
     return {**data, "match_source": False, "color_match": 0.0}
 
 
-_SPEC_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _spec_from_1}
+def _spec_from_2(data: dict) -> dict:
+    # Version 3 added ambience; a version 2 spec made video only.
+    return {**data, "ambience": 0.0}
+
+
+_SPEC_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _spec_from_1, 2: _spec_from_2}
 _EVENT_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 
 
@@ -210,6 +216,14 @@ def _fraction_of_one(data: dict, name: str, default: float) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= 1:
         raise InvalidInput(f"must be a number from 0 to 1, got {raw!r}", field=name)
     return float(raw)
+
+
+def _ambience(data: dict) -> float:
+    value = _number(data, "ambience", 10.0, minimum=0, inclusive=True)
+    assert value is not None
+    if value > MAX_AMBIENCE_SECONDS:
+        raise InvalidInput(f"must be at most {MAX_AMBIENCE_SECONDS} seconds, got {value:g}", field="ambience")
+    return value
 
 
 def _text(data: dict, name: str, default: str = "", *, required: bool = False) -> str:
@@ -297,6 +311,9 @@ class JobSpec:
     window_overlap: int = 2  # latent frames each sliding window carries into the next
     match_source: bool = True  # a continued clip comes out at its source's size (model size otherwise)
     color_match: float = 1.0  # 0-1: how far a continued clip's colour is matched to its source frame
+    # The most seconds of sound under a clip continued from a video with sound: its ambience, carried on
+    # (0: video only). At most MAX_AMBIENCE_SECONDS.
+    ambience: float = 10.0
 
     def __post_init__(self) -> None:
         # One validation for every way in: built in code or read from JSON.
@@ -352,6 +369,7 @@ class JobSpec:
             window_overlap=_int(data, "window_overlap", 1, 2),
             match_source=_flag(data, "match_source", True),
             color_match=_fraction_of_one(data, "color_match", 1.0),
+            ambience=_ambience(data),
         )
         for key, value in values.items():
             object.__setattr__(spec, key, value)
@@ -419,6 +437,12 @@ class JobResult:
     windows: int = 1
     settings: dict = field(default_factory=dict)  # defaults resolved: steps, guidance, size, model...
     timings: dict = field(default_factory=dict)  # seconds per stage: load, encode, denoise, decode, write...
+
+    @property
+    def sound_frames(self) -> int:
+        """How many frames from the media's start have sound (the source's ambience; 0: video only)."""
+        value = self.settings.get("ambience_frames", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -535,5 +559,7 @@ def clip_record(job_id: str, spec: JobSpec, result: JobResult, *, source_clip: s
         "seconds": rational_text(spec.seconds),
         # The model's own frame size (the media's is the source's when matched) and the colour match used.
         "native_size": native if all(isinstance(n, int) for n in native) else None,
-        "color_match": result.settings.get("color_match", spec.color_match), **extra,
+        "color_match": result.settings.get("color_match", spec.color_match),
+        "ambience": result.settings.get("ambience"),  # what the media's sound is, or why it has none
+        **extra,
     }

@@ -8,9 +8,9 @@ import argparse
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141 import cli_args
     from magic141.cli_args import QUANT_CHOICES
-    from magic141.protocol import DEFAULT_MODEL
+    from magic141.protocol import CODECS, DEFAULT_MODEL
 
-    from .timeline import MODES
+    from .edits import MODES
 
     extend = commands.add_parser("extend",
                                  help="extend a clip of a timeline and write the result back into it")
@@ -30,6 +30,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="match the extension's colour to the source frame, 0-1 (default 1)")
     colour.add_argument("--no-color-match", dest="color_match", action="store_const", const=0.0,
                         help="leave the model's colours as they come")
+    sound = extend.add_mutually_exclusive_group()
+    sound.add_argument("--ambience", type=cli_args.ambience, default=10.0, metavar="SECONDS",
+                       help="carry the source's ambience under the extension, at most SECONDS (0-10, "
+                       "default 10); refused, with a note, for silent or dialogue-like sound")
+    sound.add_argument("--no-ambience", dest="ambience", action="store_const", const=0.0,
+                       help="video only")
+    extend.add_argument("--codec", choices=tuple(CODECS), default=None,
+                        help="h264 (.mp4) or prores (.mov, 422 HQ, 10-bit); default: prores for a source of "
+                        "more than 8 bits, h264 otherwise")
     extend.add_argument("--handles", type=cli_args.whole("handles", 0), default=0, metavar="N",
                         help="N more frames at the head of the new media, under the source's last N, for a "
                         "dissolve in the host (the clip still starts after the source; default 0)")
@@ -67,7 +76,7 @@ def run_extend(args: argparse.Namespace) -> int:
     result = extend_clip(args.timeline, args.clip, prompt=args.prompt, seconds=args.seconds, run_job=run_job,
                          at=args.at, mode=args.mode, out=args.out, seed=args.seed, model=args.model,
                          quant=args.quant, steps=args.steps, color_match=args.color_match,
-                         handles=args.handles)
+                         ambience=args.ambience, handles=args.handles, codec=args.codec)
     if args.json:
         import json
 

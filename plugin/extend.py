@@ -27,6 +27,7 @@ from magic141.protocol import (
     output_name,
 )
 
+from . import edits
 from . import timeline as tl
 
 
@@ -89,10 +90,11 @@ def seam_scores(ref: tl.ClipRef, frame: int, media: Path, placed_frame: int, rat
 
 def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
              media_dir: Path, job_id: str, seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
-             steps: int | None = None, codec: str = "h264", color_match: float = 1.0,
-             handles: int = 0) -> JobSpec:
+             steps: int | None = None, codec: str | None = None, color_match: float = 1.0,
+             ambience: float = 10.0, handles: int = 0) -> JobSpec:
     """The engine job that continues ``ref`` after ``frame`` at the timeline's rate, or (frame None)
-    makes a clip from the prompt alone to go after ``ref``.
+    makes a clip from the prompt alone to go after ``ref``. ``codec`` None: ProRes 422 HQ (10-bit) when
+    the source is more than 8-bit, H.264 otherwise.
 
     With ``handles``, the job continues from ``handles`` frames earlier and runs that much longer, so
     its media starts with that many frames under the source's last ones, for a host's dissolve."""
@@ -109,13 +111,19 @@ def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fracti
         if handles > frame:
             raise InvalidInput(f"{handles} handle frames need {handles} frames of clip {ref.name!r} before "
                                f"frame {frame}; it has {frame}", field="handles")
+        if codec is None:
+            from magic141.engine import media  # PyAV only, no torch
+
+            codec = "prores" if media.picture_format(ref.media_path).bit_depth > 8 else "h264"
         start = tl.media_seconds(ref, frame - handles)
         source, kind = Source("media", str(ref.media_path.resolve()), start), "ext"
         seconds += Fraction(handles) / rate
+    codec = codec or "h264"
     return JobSpec(
         source=source, prompt=prompt, seconds=seconds, fps=rate, seed=seed, model=model_field(model),
         quant=quant, steps=steps, codec=codec, output_dir=str(media_dir.resolve()),
         output_name=output_name(ref.name, kind, job_id, codec), color_match=color_match,
+        ambience=ambience,
     )
 
 
@@ -134,11 +142,13 @@ def extend_clip(
     quant: str = "none",
     steps: int | None = None,
     color_match: float = 1.0,
+    ambience: float = 10.0,
     handles: int = 0,
+    codec: str | None = None,
 ) -> ExtendResult:
     """Everything after the editor's choices: check them, run the job, edit and save the timeline."""
-    if mode not in tl.MODES:
-        raise InvalidInput(f"must be one of {', '.join(tl.MODES)}, got {mode!r}", field="mode")
+    if mode not in edits.MODES:
+        raise InvalidInput(f"must be one of {', '.join(edits.MODES)}, got {mode!r}", field="mode")
     doc = tl.open_timeline(timeline)
     ref = tl.find_clip(doc, clip)
     frame = tl.last_frame(ref) if at is None else at
@@ -147,11 +157,12 @@ def extend_clip(
     job_id = uuid.uuid4().hex[:12]
     spec = job_spec(ref, frame, prompt=prompt, seconds=seconds, rate=doc.rate,
                     media_dir=media_dir_for(out), job_id=job_id, seed=seed, model=model,
-                    quant=quant, steps=steps, color_match=color_match, handles=handles)
+                    quant=quant, steps=steps, color_match=color_match, ambience=ambience,
+                    handles=handles, codec=codec)
     result = run_job(job_id, spec)
     metadata = clip_record(job_id, spec, result, source_clip=ref.name, source_frame=frame, handles=handles)
-    new_clip = tl.add_generated_clip(doc, ref, Path(result.path), result.frames, doc.rate, metadata, mode,
-                                     handles=handles)
+    new_clip = edits.add_generated_clip(doc, ref, Path(result.path), result.frames, doc.rate, metadata, mode,
+                                        handles=handles, audio_frames=result.sound_frames)
     saved = tl.save_timeline(doc, out)
     placed = new_clip.range_in_parent()
     origin = doc.timeline.global_start_time or otio.opentime.RationalTime(0, float(doc.rate))

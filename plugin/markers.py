@@ -58,6 +58,7 @@ from magic141.protocol import (
 )
 from magic141.rational import rate_from_float, rational_text
 
+from . import edits
 from . import timeline as tl
 from .extend import job_spec, media_dir_for
 
@@ -298,7 +299,8 @@ def apply_result(doc: tl.TimelineDoc, job: MarkerJob, result: JobResult, *, mode
     metadata = clip_record(job.job_id, job.spec, result, source_clip=job.ref.name, source_frame=job.frame,
                            marker=job.marker.name)
     anchor = job.ref if mode == "newtrack" else _anchor(job, siblings)
-    return tl.add_generated_clip(doc, anchor, Path(result.path), result.frames, doc.rate, metadata, mode)
+    return edits.add_generated_clip(doc, anchor, Path(result.path), result.frames, doc.rate, metadata, mode,
+                                    audio_frames=result.sound_frames)
 
 
 def apply_results(doc: tl.TimelineDoc, jobs: list[MarkerJob], results: dict[str, JobResult], *,
@@ -394,8 +396,8 @@ def queue_from_timeline(path: str | Path, connect: Callable[[], object], *, appl
     """Markers -> queued jobs; with ``apply``, wait and write every result into the timeline
     (``out``, or in place keeping ``NAME.bak``). ``connect()`` gives the engine client; it is only
     called when there is something to submit."""
-    if mode not in tl.MODES:
-        raise InvalidInput(f"must be one of {', '.join(tl.MODES)}, got {mode!r}", field="mode")
+    if mode not in edits.MODES:
+        raise InvalidInput(f"must be one of {', '.join(edits.MODES)}, got {mode!r}", field="mode")
     if out is not None and not apply:
         raise InvalidInput("is written only when the results are applied: without apply the timeline is not "
                            "written", field="out")

@@ -13,13 +13,12 @@ Traps avoided:
   ``url2pathname``, never by stripping the scheme.
 - ``.otioz`` media lives inside the zip: it is extracted to a private folder so PyAV can read it,
   and saving as ``.otioz`` bundles every file again, the generated ones included.
-- OTIO's editing algorithms (insert, overwrite) are not bound in Python: the edits are written here
-  on the track's children list, which ripples later items by construction.
+
+The edits (placing generated clips) are in ``edits``.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
@@ -40,16 +39,14 @@ RationalTime: TypeAlias = otio.opentime.RationalTime
 TimeRange: TypeAlias = otio.opentime.TimeRange
 
 NAMESPACE = "magic141"  # clip.metadata[NAMESPACE] holds how a generated clip was made
-MARKER_NAME = "magic141 generated"
-MODES = ("insert", "overwrite", "newtrack")
 BUNDLES = ("otioz", "otiod")  # adapters that carry the media: written with absolute file URLs
 
 
-def _seconds(time: RationalTime) -> Fraction:
+def to_seconds(time: RationalTime) -> Fraction:
     return Fraction(time.value) / rate_from_float(time.rate)
 
 
-def _frames(seconds: Fraction, rate: Fraction) -> int:
+def to_frames(seconds: Fraction, rate: Fraction) -> int:
     """A whole number of frames; timelines place clips on frame boundaries, so round to nearest."""
     return round(seconds * rate)
 
@@ -172,7 +169,7 @@ def find_clip(doc: TimelineDoc, name_or_index: str | int) -> ClipRef:
 def clip_frames(ref: ClipRef, rate: Fraction | None = None) -> int:
     """The clip's duration in frames of ``rate`` (default: its own source rate)."""
     duration = ref.clip.trimmed_range().duration
-    return _frames(_seconds(duration), rate or rate_from_float(duration.rate))
+    return to_frames(to_seconds(duration), rate or rate_from_float(duration.rate))
 
 
 def last_frame(ref: ClipRef) -> int:
@@ -188,9 +185,9 @@ def media_seconds(ref: ClipRef, frame: int) -> Fraction:
     source = ref.clip.trimmed_range().start_time
     rate = rate_from_float(source.rate)
     available = ref.clip.media_reference.available_range
-    media_start = _seconds(available.start_time) if available is not None else Fraction(0)
-    seconds = _seconds(source) + Fraction(frame) / rate - media_start
-    if seconds < 0 or (available is not None and seconds >= _seconds(available.duration)):
+    media_start = to_seconds(available.start_time) if available is not None else Fraction(0)
+    seconds = to_seconds(source) + Fraction(frame) / rate - media_start
+    if seconds < 0 or (available is not None and seconds >= to_seconds(available.duration)):
         raise TimelineError(f"clip {ref.name!r} frame {frame} lies outside its media's available range")
     return seconds
 
@@ -205,115 +202,6 @@ def grab_frame(ref: ClipRef, frame: int):
         return media.grab_frame(ref.media_path, media_seconds(ref, frame))
     except Magic141Error as exc:
         raise TimelineError(f"clip {ref.name!r}: {exc}") from exc
-
-
-# Editing --------------------------------------------------------------------------------------
-
-
-def _range_at(rate: Fraction, start: int, frames: int) -> TimeRange:
-    return TimeRange(RationalTime(start, float(rate)), RationalTime(frames, float(rate)))
-
-
-def generated_clip(name: str, media_path: Path, frames: int, rate: Fraction,
-                   metadata: dict, handles: int = 0) -> otio.schema.Clip:
-    """A clip of media of ``frames`` frames at ``rate`` from 0, using all of it but the first
-    ``handles`` (media under the source's end, left for a dissolve)."""
-    clip = otio.schema.Clip(
-        name=name,
-        media_reference=otio.schema.ExternalReference(target_url=Path(media_path).resolve().as_uri(),
-                                                      available_range=_range_at(rate, 0, frames)),
-        source_range=_range_at(rate, handles, frames - handles),
-        metadata={NAMESPACE: copy.deepcopy(metadata)},
-    )
-    clip.markers.append(otio.schema.Marker(name=MARKER_NAME,
-                                           marked_range=_range_at(rate, handles, frames - handles),
-                                           color=otio.schema.MarkerColor.PURPLE,
-                                           metadata={NAMESPACE: {"job_id": metadata.get("job_id")}}))
-    return clip
-
-
-def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames: int, rate: Fraction,
-                       metadata: dict, mode: str = "insert", handles: int = 0) -> otio.schema.Clip:
-    """Place the generated media after ``ref``: inserted on its track (later items ripple by its
-    duration), overwriting what follows on its track, or on a new track above. Returns the new clip.
-    Its first ``handles`` media frames stay unused, under the end of ``ref``."""
-    if mode not in MODES:
-        raise TimelineError(f"must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
-    if frames - handles < 1:
-        raise TimelineError(f"the generated media has {frames} frames, {handles} of them handles")
-    track = ref.track
-    try:
-        index = track.index(ref.clip)
-    except ValueError as exc:
-        raise TimelineError(f"clip {ref.name!r} is no longer on track {track.name!r}") from exc
-    clip = generated_clip(f"{ref.name} ext", media_path, frames, rate, metadata, handles)
-    frames -= handles  # what the clip uses on the track
-    end = _frames(_seconds(track.range_of_child_at_index(index).end_time_exclusive()), rate)
-    if mode == "insert":
-        following = track[index + 1] if index + 1 < len(track) else None
-        if isinstance(following, otio.schema.Transition):
-            raise TimelineError(f"clip {ref.name!r} is followed by a transition: use overwrite or newtrack "
-                                "mode", field="mode")
-        track.insert(index + 1, clip)
-    elif mode == "overwrite":
-        _overwrite(track, end, clip, frames, rate)
-    else:
-        stack = doc.timeline.tracks
-        number = sum(1 for t in stack if t.name.startswith(NAMESPACE)) + 1
-        new_track = otio.schema.Track(name=f"{NAMESPACE} {number}", kind=otio.schema.TrackKind.Video)
-        if end:
-            new_track.append(otio.schema.Gap(source_range=_range_at(rate, 0, end)))
-        new_track.append(clip)
-        stack.insert(stack.index(track) + 1, new_track)
-    return clip
-
-
-def _overwrite(track: otio.schema.Track, start: int, clip: otio.schema.Clip, frames: int,
-               rate: Fraction) -> None:
-    """Replace frames [start, start + frames) of ``track`` by ``clip``: items there are trimmed,
-    split or removed; a track that ends earlier is extended with a gap."""
-    stop = start + frames
-    kept: list = []
-    position = 0
-    placed = False
-    for item in list(track):
-        if isinstance(item, otio.schema.Transition):
-            if start <= position <= stop:
-                raise TimelineError("a transition touches the range to overwrite: use insert or newtrack "
-                                    "mode", field="mode")
-            kept.append(item)
-            continue
-        first = position
-        position += _frames(_seconds(item.trimmed_range().duration), rate)
-        if position <= start:
-            kept.append(item)
-            continue
-        if first < start:  # its head survives
-            kept.append(_trimmed(item, 0, start - first, rate))
-        if not placed and first < stop:
-            kept.append(clip)
-            placed = True
-        if position > stop:  # its tail (or all of it) survives
-            kept.append(item if first >= stop else _trimmed(item, stop - first, position - stop, rate))
-    if not placed:
-        if position < start:
-            kept.append(otio.schema.Gap(source_range=_range_at(rate, 0, start - position)))
-        kept.append(clip)
-    track.clear()  # detach every child, so the kept ones can be re-parented
-    track.extend(kept)
-
-
-def _trimmed(item, offset: int, length: int, rate: Fraction):
-    piece = item.clone()
-    source = item.trimmed_range()
-    item_rate = source.start_time.rate
-    scale = rate_from_float(item_rate) / rate  # item frames per timeline frame
-
-    def frames(count: int) -> RationalTime:
-        return RationalTime(float(count * scale), item_rate)
-
-    piece.source_range = TimeRange(source.start_time + frames(offset), frames(length))
-    return piece
 
 
 # Saving ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import QApplication
 
 from magic141 import home as home_dir
 from magic141.errors import EngineError
+from magic141.plugin import edits
 from magic141.plugin import timeline as tl
 from magic141.protocol import Event, EventType, JobResult, JobSpec
 from magic141.ui.job_controller import JobPhase
@@ -315,7 +316,7 @@ def test_a_job_runs_with_progress_and_its_clip_lands_in_the_timeline(qtbot, fake
     assert made["prompt"] == PROMPT and made["source_clip"] == "Plate A" and made["source_frame"] == 35
     assert made["seconds"] == "1" and made["model"] == "world" and made["job_id"] == job_id
     assert made["source_time"] == "35/24" and made["steps"] == 4 and made["seed"] == spec.seed
-    assert [m.name for m in clips[1].markers] == [tl.MARKER_NAME]
+    assert [m.name for m in clips[1].markers] == [edits.MARKER_NAME]
     assert clips[2].range_in_parent().start_time.to_frames() == 36 + 24  # Plate B rippled
     assert tl.find_clip(tl.open_timeline(sample), "Plate A ext").media_path == Path(result.path)
     assert (sample.parent / "sample.otio.bak").exists()
@@ -986,7 +987,7 @@ def test_extend_undo_cancel_and_generate_from_text_in_the_panel(qtbot, panel, sa
     made = clips[1].metadata["magic141"]
     assert made["prompt"] == PROMPT and made["source_clip"] == "Plate A" and made["source_frame"] == 35
     assert made["seconds"] == "1" and made["model"] == "tiny" and made["job_id"] == job_id
-    assert [m.name for m in clips[1].markers] == [tl.MARKER_NAME]
+    assert [m.name for m in clips[1].markers] == [edits.MARKER_NAME]
     assert clips[2].range_in_parent().start_time.to_frames() == 36 + 24  # Plate B rippled
     generated = tl.open_timeline(sample)
     info = media.probe_video(tl.find_clip(generated, "Plate A ext").media_path)

@@ -188,13 +188,16 @@ def test_the_core_imports_nothing_but_the_standard_library():
     assert loaded - set(sys.stdlib_module_names) == {"magic141"}, "the core must stay stdlib-only"
 
 
-def test_a_version_1_spec_keeps_its_meaning_and_color_match_is_checked():
+def test_older_specs_keep_their_meaning_and_the_cut_settings_are_checked():
     old = JobSpec.from_json({**BASE, "version": 1})  # queued before version 2: no conform, no colour match
     assert (old.match_source, old.color_match) == (False, 0.0)
     new = JobSpec.from_json(BASE)
     assert (new.match_source, new.color_match) == (True, 1.0)
+    assert JobSpec.from_json({**BASE, "version": 2}).ambience == 0.0  # version 2 made video only
+    assert new.ambience == protocol.MAX_AMBIENCE_SECONDS
     for bad, field in (({"color_match": 1.5}, "color_match"), ({"color_match": True}, "color_match"),
-                       ({"match_source": "yes"}, "match_source")):
+                       ({"match_source": "yes"}, "match_source"), ({"ambience": 11}, "ambience"),
+                       ({"ambience": -1}, "ambience")):
         with pytest.raises(InvalidInput) as caught:
             JobSpec.from_json({**BASE, **bad})
         assert caught.value.field == field

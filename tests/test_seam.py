@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
+import opentimelineio as otio
 import PIL.Image
 import pytest
 
 from magic141.engine import media, seam
 from magic141.engine.generate import Engine
+from magic141.plugin.extend import extend_clip
 from magic141.protocol import JobSpec, Source, clip_record
 
 
@@ -149,3 +152,39 @@ def test_a_flat_generated_frame_is_not_stretched_into_halos():
     matched = match.apply(flat[None])[0]
     background = matched[60:, 100:].reshape(-1, 3)
     assert background.std(axis=0).max() < 1  # a flat background stays flat (no noise blown up)
+
+
+def _one_clip_timeline(folder, media_path, frames: int):
+    at = otio.opentime.RationalTime
+    whole = otio.opentime.TimeRange(at(0, 24), at(frames, 24))
+    timeline = otio.schema.Timeline(name="cut")
+    track = otio.schema.Track(name="V1")
+    reference = otio.schema.ExternalReference(target_url=media_path.name, available_range=whole)
+    track.append(otio.schema.Clip(name="Plate", source_range=whole, media_reference=reference))
+    timeline.tracks.append(track)
+    path = folder / "cut.otio"
+    otio.adapters.write_to_file(timeline, str(path))
+    return path
+
+
+@pytest.mark.parametrize("codec, aspect", [("prores", Fraction(4, 3)), ("h264", None)],
+                         ids=["10-bit-anamorphic", "8-bit-square"])
+def test_the_extension_keeps_its_sources_bit_depth_and_pixel_aspect(tiny_engine, tmp_path, codec, aspect):
+    source = tmp_path / f"plate{'.mov' if codec == 'prores' else '.mp4'}"
+    with media.VideoWriter(source, fps=Fraction(24), codec=codec, width=96, height=64,
+                           sample_aspect=aspect) as writer:
+        writer.write(np.stack([_plate(64, 96)] * 6))
+
+    def run_job(job_id, spec):
+        Path(spec.output_dir).mkdir(exist_ok=True)
+        return tiny_engine.generate(spec, spec.output_path(job_id))
+
+    done = extend_clip(_one_clip_timeline(tmp_path, source, 6), "Plate", prompt="the ball rolls on",
+                       seconds=Fraction(1, 4), run_job=run_job, model="tiny", ambience=0.0)
+    assert done.media.suffix == source.suffix  # ProRes 422 HQ for a 10-bit source, H.264 for 8-bit
+    assert media.picture_format(done.media) == media.picture_format(source)
+    assert (media.probe_video(done.media).width, media.probe_video(done.media).height) == (96, 64)
+    model_aspect = done.result.settings["width"] / done.result.settings["height"]
+    shown = 96 * (aspect or 1) / 64  # the model drew the picture as it is shown: 2:1, or 3:2
+    stored = 96 / 64
+    assert abs(model_aspect - shown) <= abs(model_aspect - stored) if aspect else model_aspect == stored

@@ -17,6 +17,7 @@ import pytest
 from magic141.engine import media
 from magic141.engine.seam import seam_score
 from magic141.errors import InvalidInput
+from magic141.plugin import edits
 from magic141.plugin import timeline as tl
 from magic141.plugin.extend import extend_clip
 from magic141.protocol import CLIP_RECORD_VERSION, JobResult, JobSpec
@@ -106,7 +107,7 @@ def test_insert_lands_after_the_clip_and_ripples_the_track(cut, tmp_path):
     make_media(generated, rate, frames=7)
     before = positions(doc.timeline.video_tracks()[0])
     metadata = {"job_id": "j1", "prompt": "the bar keeps moving", "seed": 3}
-    clip = tl.add_generated_clip(doc, tl.find_clip(doc, "A"), generated, 7, rate, metadata, "insert")
+    clip = edits.add_generated_clip(doc, tl.find_clip(doc, "A"), generated, 7, rate, metadata, "insert")
     out = tl.save_timeline(doc, tmp_path / "edited.otio")
 
     reloaded = tl.open_timeline(out)
@@ -119,7 +120,7 @@ def test_insert_lands_after_the_clip_and_ripples_the_track(cut, tmp_path):
     assert rate_from_float(new.clip.source_range.duration.rate) == rate  # at the timeline's rate
     assert new.clip.source_range == new.clip.media_reference.available_range  # the whole media, exactly
     assert new.clip.metadata["magic141"]["prompt"] == "the bar keeps moving"
-    assert [m.name for m in new.clip.markers] == [tl.MARKER_NAME]
+    assert [m.name for m in new.clip.markers] == [edits.MARKER_NAME]
     assert clip.name == "A ext"
     # the untouched clips still find their media from the new folder (relative URLs were re-based)
     assert not tl.find_clip(reloaded, "B").offline
@@ -130,7 +131,7 @@ def test_overwrite_trims_what_follows(cut, tmp_path):
     doc = tl.open_timeline(path)
     generated = tmp_path / "g.mp4"
     make_media(generated, rate, frames=15)
-    tl.add_generated_clip(doc, tl.find_clip(doc, "A"), generated, 15, rate, {"job_id": "j"}, "overwrite")
+    edits.add_generated_clip(doc, tl.find_clip(doc, "A"), generated, 15, rate, {"job_id": "j"}, "overwrite")
     after = positions(doc.timeline.video_tracks()[0])
     # A 0..12, new 12..27 covers B (12..22) and the first 5 frames of C (22..32)
     assert after == {"A": (0, 12), "A ext": (12, 15), "C": (27, 5)}
@@ -142,11 +143,11 @@ def test_overwrite_past_the_end_and_new_track(cut, tmp_path):
     generated = tmp_path / "g.mp4"
     make_media(generated, rate, frames=9)
     doc = tl.open_timeline(path)
-    tl.add_generated_clip(doc, tl.find_clip(doc, "C"), generated, 9, rate, {}, "overwrite")
+    edits.add_generated_clip(doc, tl.find_clip(doc, "C"), generated, 9, rate, {}, "overwrite")
     assert positions(doc.timeline.video_tracks()[0])["C ext"] == (32, 9)
 
     doc = tl.open_timeline(path)
-    tl.add_generated_clip(doc, tl.find_clip(doc, "B"), generated, 9, rate, {}, "newtrack")
+    edits.add_generated_clip(doc, tl.find_clip(doc, "B"), generated, 9, rate, {}, "newtrack")
     v1, above = doc.timeline.video_tracks()
     assert positions(v1) == positions(tl.open_timeline(path).timeline.video_tracks()[0])  # untouched
     assert [item.name for item in above] == ["", "B ext"]
@@ -176,7 +177,7 @@ def test_otioz_bundle_carries_the_generated_media(tmp_path):
     assert np.array_equal(np.asarray(tl.grab_frame(ref, 2)), reference[22])
     generated = tmp_path / "out" / "B ext.mp4"
     make_media(generated, rate, frames=5)
-    tl.add_generated_clip(doc, ref, generated, 5, rate, {"job_id": "z"}, "insert")
+    edits.add_generated_clip(doc, ref, generated, 5, rate, {"job_id": "z"}, "insert")
     tl.save_timeline(doc)
     with zipfile.ZipFile(bundle) as archive:
         assert {"media/plate.mp4", "media/B ext.mp4"} <= set(archive.namelist())
@@ -251,7 +252,7 @@ def test_extend_places_the_result_with_its_clip_record_and_refuses_a_bad_mode(tm
     assert record == {"version": CLIP_RECORD_VERSION, "job_id": done.job_id, "prompt": "the bar keeps moving",
                       "seed": 9, "model": "tiny", "quant": "none", "steps": 4, "source_clip": "B",
                       "source_frame": 2, "source_time": "11/12", "seconds": "1/4", "native_size": None,
-                      "color_match": 1.0, "handles": 0}
+                      "color_match": 1.0, "ambience": None, "handles": 0}
     with pytest.raises(InvalidInput) as caught:
         extend_clip(path, "B", prompt="x", seconds=Fraction(1), run_job=run_job, mode="sideways")
     assert caught.value.field == "mode" and "--" not in caught.value.message

@@ -25,6 +25,7 @@ import opentimelineio as otio
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
+from magic141.plugin import edits
 from magic141.plugin import timeline as tl
 
 from .tasks import TaskRunner
@@ -115,13 +116,14 @@ class TimelineDocument(QObject):
         return named[0] if len(named) == 1 else None
 
     def add_generated(self, ref: tl.ClipRef, media: Path, frames: int, metadata: dict,
-                      mode: str) -> otio.schema.Clip:
-        """Place generated media after ``ref`` (see ``timeline.add_generated_clip``); undoable."""
+                      mode: str, audio_frames: int = 0) -> otio.schema.Clip:
+        """Place generated media after ``ref`` (see ``edits.add_generated_clip``); undoable."""
         if self.doc is None:
             raise tl.TimelineError("no timeline is open")
         before = self.doc.timeline.clone()
         try:
-            clip = tl.add_generated_clip(self.doc, ref, media, frames, self.doc.rate, metadata, mode)
+            clip = edits.add_generated_clip(self.doc, ref, media, frames, self.doc.rate, metadata, mode,
+                                            audio_frames=audio_frames)
         except Exception:
             self.doc.timeline = before  # an edit that failed half-way changes nothing
             self.refs = tl.video_clips(self.doc)

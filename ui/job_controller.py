@@ -337,7 +337,8 @@ class JobController(QObject):
             return None, f"Clip {target.ref.name!r} is no longer on the timeline; {kept}"
         record = clip_record(job.id, job.spec, result, source_clip=ref.name, source_frame=target.frame)
         try:
-            clip = self.document.add_generated(ref, Path(result.path), result.frames, record, target.mode)
+            clip = self.document.add_generated(ref, Path(result.path), result.frames, record, target.mode,
+                                               audio_frames=result.sound_frames)
         except Magic141Error as exc:
             return None, f"Job {job.id} finished but its clip could not be placed: {plain_error(exc)}"
         first, count = span(clip, target.doc.rate)

@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
 )
 
 from magic141 import atomic
-from magic141.plugin.timeline import MODES
+from magic141.plugin.edits import MODES
 from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL
 
 from .labels import PANEL_LABELS

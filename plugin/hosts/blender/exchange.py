@@ -27,6 +27,7 @@ import opentimelineio as otio
 
 from magic141.plugin import markers as mk
 from magic141.plugin import timeline as tl
+from magic141.plugin.edits import MARKER_NAME
 from magic141.rational import rate_from_float
 
 from . import probe
@@ -230,7 +231,7 @@ def _strip(ref: tl.ClipRef, channel: int, start: int, rate: Fraction, media_rate
     into = _seconds(source.start_time)  # markers are in source time
     marks = [(marker.name, start + round((_seconds(marker.marked_range.start_time) - into) * own_rate))
              for marker in clip.markers
-             if marker.name != tl.MARKER_NAME]  # that one only labels generated clips
+             if marker.name != MARKER_NAME]  # that one only labels generated clips
     return strip, marks
 
 
