@@ -154,9 +154,9 @@ def test_a_flat_generated_frame_is_not_stretched_into_halos():
     assert background.std(axis=0).max() < 1  # a flat background stays flat (no noise blown up)
 
 
-def _one_clip_timeline(folder, media_path, frames: int):
+def _one_clip_timeline(folder, media_path, frames: int, rate: Fraction):
     at = otio.opentime.RationalTime
-    whole = otio.opentime.TimeRange(at(0, 24), at(frames, 24))
+    whole = otio.opentime.TimeRange(at(0, float(rate)), at(frames, float(rate)))
     timeline = otio.schema.Timeline(name="cut")
     track = otio.schema.Track(name="V1")
     reference = otio.schema.ExternalReference(target_url=media_path.name, available_range=whole)
@@ -167,11 +167,13 @@ def _one_clip_timeline(folder, media_path, frames: int):
     return path
 
 
-@pytest.mark.parametrize("codec, aspect", [("prores", Fraction(4, 3)), ("h264", None)],
-                         ids=["10-bit-anamorphic", "8-bit-square"])
-def test_the_extension_keeps_its_sources_bit_depth_and_pixel_aspect(tiny_engine, tmp_path, codec, aspect):
+@pytest.mark.parametrize("codec, aspect, rate", [("prores", Fraction(4, 3), Fraction(24000, 1001)),
+                                                ("h264", None, Fraction(25))],
+                         ids=["10-bit-anamorphic-23.976", "8-bit-square-25"])
+def test_the_extension_keeps_its_sources_format_pixel_aspect_and_rate(tiny_engine, tmp_path, codec, aspect,
+                                                                        rate):
     source = tmp_path / f"plate{'.mov' if codec == 'prores' else '.mp4'}"
-    with media.VideoWriter(source, fps=Fraction(24), codec=codec, width=96, height=64,
+    with media.VideoWriter(source, fps=rate, codec=codec, width=96, height=64,
                            sample_aspect=aspect) as writer:
         writer.write(np.stack([_plate(64, 96)] * 6))
 
@@ -179,11 +181,12 @@ def test_the_extension_keeps_its_sources_bit_depth_and_pixel_aspect(tiny_engine,
         Path(spec.output_dir).mkdir(exist_ok=True)
         return tiny_engine.generate(spec, spec.output_path(job_id))
 
-    done = extend_clip(_one_clip_timeline(tmp_path, source, 6), "Plate", prompt="the ball rolls on",
-                       seconds=Fraction(1, 4), run_job=run_job, model="tiny", ambience=0.0)
+    done = extend_clip(_one_clip_timeline(tmp_path, source, 6, rate), "Plate", prompt="the ball rolls on",
+                       seconds=Fraction(1, 2), run_job=run_job, model="tiny", ambience=0.0)
     assert done.media.suffix == source.suffix  # ProRes 422 HQ for a 10-bit source, H.264 for 8-bit
     assert media.picture_format(done.media) == media.picture_format(source)
-    assert (media.probe_video(done.media).width, media.probe_video(done.media).height) == (96, 64)
+    probed = media.probe_video(done.media)
+    assert (probed.width, probed.height, probed.fps, probed.frames) == (96, 64, rate, round(rate / 2))
     model_aspect = done.result.settings["width"] / done.result.settings["height"]
     shown = 96 * (aspect or 1) / 64  # the model drew the picture as it is shown: 2:1, or 3:2
     stored = 96 / 64
