@@ -260,6 +260,21 @@ def save_artifact(panel: Magic141Panel, tmp_path: Path, name: str) -> Path:
 # The job's life on the fake engine -----------------------------------------------------------------
 
 
+def test_the_cut_settings_reach_the_job(qtbot, fake_panel, engine, sample):
+    panel = fake_panel
+    open_in(qtbot, panel, sample)
+    click_clip(qtbot, panel, "Plate A")
+    panel.prompt.color_match.setValue(50)
+    panel.prompt.ambience.setValue(0)
+    assert panel.prompt.ambience.text() == "off (video only)"
+    panel.prompt.quality.setCurrentText("Master (ProRes 422 HQ)")
+    spec = engine.specs[press_extend(qtbot, panel, engine)]
+    assert (spec.codec, spec.color_match, spec.ambience) == ("prores", 0.5, 0.0)
+    assert spec.output_path("x").endswith(".mov")
+    panel.prompt.quality.setCurrentText("As the source (ProRes if 10-bit)")
+    assert engine.specs[press_extend(qtbot, panel, engine)].codec == "h264"  # the sample plate is 8-bit
+
+
 def test_a_job_runs_with_progress_and_its_clip_lands_in_the_timeline(qtbot, fake_panel, engine, sample):
     panel = fake_panel
     open_in(qtbot, panel, sample)
@@ -278,6 +293,8 @@ def test_a_job_runs_with_progress_and_its_clip_lands_in_the_timeline(qtbot, fake
     assert spec.prompt == PROMPT and spec.seconds == 1 and spec.fps == 24 and spec.source.kind == "media"
     assert spec.source.time == Fraction(35, 24) and Path(spec.source.path) == (sample.parent / "plate.mp4")
     assert Path(spec.output_dir) == sample.parent / "sample_magic141"
+    # The cut's defaults: H.264, colour matched, its sound carried on for up to 10 s.
+    assert (spec.codec, spec.color_match, spec.ambience) == ("h264", 1.0, 10.0)
 
     engine.send(job_id, EventType.STARTED, seq=1)
     wait_state(qtbot, panel, job_id, JobPhase.LOADING)

@@ -219,7 +219,8 @@ class JobController(QObject):
             spec = job_spec(ref, frame, prompt=settings.prompt, seconds=settings.seconds, rate=doc.rate,
                             media_dir=media_dir_for(doc.path), job_id=job_id, seed=settings.seed,
                             model=settings.model, quant=settings.quant, steps=settings.steps,
-                            codec=settings.codec)
+                            codec=settings.codec, color_match=settings.color_match,
+                            ambience=settings.ambience)
         except Magic141Error as exc:
             self.message.emit(plain_error(exc), "error")
             return None

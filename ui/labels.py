@@ -16,6 +16,8 @@ PANEL_LABELS = {
     "codec": "Quality",
     "quant": "Memory",
     "mode": "Place",
+    "color_match": "Colour match",
+    "ambience": "Sound",
     "fps": "Timeline rate",
     "source": "Clip",
     "source.path": "Clip media",

@@ -2,8 +2,10 @@
 
 Settings map onto job-spec fields one to one: seconds (exact: 1.5 -> 3/2), seed (locked, or a
 new random one for each job, shown after use), steps (0 = the model's default), model (``tiny``
-or a local model folder), quality (the delivery codec: H.264 preview or ProRes 422 HQ master),
-memory (the DiT weights' quantisation), and where the new clip goes (insert, overwrite, new track).
+or a local model folder), quality (the delivery codec: H.264 preview, ProRes 422 HQ master, or as
+the source: ProRes for more than 8 bits), memory (the DiT weights' quantisation), colour match
+(0-100 %), sound (seconds of the source's ambience carried on, 0 = off) and where the new clip goes
+(insert, overwrite, new track).
 
 Traps avoided:
 - Seconds come from a spin box as a float; they become a ``Fraction`` of the two decimals shown,
@@ -45,12 +47,13 @@ from PySide6.QtWidgets import (
 
 from magic141 import atomic
 from magic141.plugin.edits import MODES
-from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL
+from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL, MAX_AMBIENCE_SECONDS
 
 from .labels import PANEL_LABELS
 from .scroll import VerticalScrollArea
 
-QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores"}
+QUALITY_PRESETS = {"Preview (H.264)": "h264", "Master (ProRes 422 HQ)": "prores",
+                   "As the source (ProRes if 10-bit)": None}
 MEMORY_PRESETS = {"Full precision": "none", "Balanced (int8 weights)": "int8",
                   "Low memory (fp8 weights)": "fp8"}
 MODE_LABELS = {"insert": "Insert after the clip", "overwrite": "Overwrite what follows",
@@ -68,8 +71,10 @@ class GenerationSettings:
     steps: int | None  # None: the model's default
     model: str
     quant: str
-    codec: str
+    codec: str | None  # None: as the source (ProRes 422 HQ for more than 8 bits, H.264 otherwise)
     mode: str
+    color_match: float = 1.0  # 0-1
+    ambience: float = 10.0  # seconds of the source's sound carried on (0: video only)
 
 
 class PromptHistory:
@@ -148,6 +153,19 @@ class PromptPanel(QWidget):
         self.quality.addItems(list(QUALITY_PRESETS))
         self.memory = QComboBox(self)
         self.memory.addItems(list(MEMORY_PRESETS))
+        self.color_match = QSpinBox(self)
+        self.color_match.setRange(0, 100)
+        self.color_match.setSuffix(" %")
+        self.color_match.setSpecialValueText("off")
+        self.color_match.setValue(100)
+        self.color_match.setToolTip("How far the extension's colour is matched to the source frame")
+        self.ambience = QSpinBox(self)
+        self.ambience.setRange(0, MAX_AMBIENCE_SECONDS)
+        self.ambience.setSuffix(" s")
+        self.ambience.setSpecialValueText("off (video only)")
+        self.ambience.setValue(MAX_AMBIENCE_SECONDS)
+        self.ambience.setToolTip("The source's ambience carried on under the extension, for up to this "
+                                 "long; silent or speech-like sound is left out, with a note")
         self.mode = QComboBox(self)
         for mode in MODES:
             self.mode.addItem(MODE_LABELS.get(mode, mode), mode)
@@ -184,6 +202,8 @@ class PromptPanel(QWidget):
         form.addRow(PANEL_LABELS["model"], self.model)
         form.addRow(PANEL_LABELS["codec"], self.quality)
         form.addRow(PANEL_LABELS["quant"], self.memory)
+        form.addRow(PANEL_LABELS["color_match"], self.color_match)
+        form.addRow(PANEL_LABELS["ambience"], self.ambience)
         form.addRow(PANEL_LABELS["mode"], self.mode)
         buttons = QHBoxLayout()
         buttons.addWidget(self.extend_button, 1)
@@ -221,6 +241,8 @@ class PromptPanel(QWidget):
             quant=MEMORY_PRESETS[self.memory.currentText()],
             codec=QUALITY_PRESETS[self.quality.currentText()],
             mode=self.mode.currentData(),
+            color_match=self.color_match.value() / 100,
+            ambience=float(self.ambience.value()),
         )
 
     def new_seed(self) -> None:
