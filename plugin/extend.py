@@ -55,6 +55,9 @@ class ExtendResult:
         if self.seam is not None:
             cut = self.seam["cut"]
             text += f"; seam: CIEDE2000 {cut['ciede2000']:.2f}, PSNR {cut['psnr']:.1f} dB"
+        sound = self.result.settings.get("ambience")
+        if sound:
+            text += f"; sound: {sound}"
         return text
 
     def to_json(self) -> dict:

@@ -183,8 +183,12 @@ def test_extend_puts_the_ambience_on_the_audio_track_and_a_silent_source_gets_no
              else rumble(0.5))
     source = plate(tmp_path / "room.mp4", sound, codec="h264")
     command = [sys.executable, "-m", "magic141", "extend", _timeline_with_sound(tmp_path, source), "--clip",
-               "Room", "--prompt", "the room hums on", "--seconds", "1", "--model", "tiny", "--json"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+               "Room", "--prompt", "the room hums on", "--seconds", "1", "--model", "tiny"]
+    done = subprocess.run(command + ["--out", str(tmp_path / "told.otio")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("; sound: video only: the source's sound is silent" in done.stdout) == silent
+    done = subprocess.run(command + ["--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     doc = tl.open_timeline(tmp_path / "room.otio")
