@@ -38,13 +38,18 @@ MIN_SECONDS = 0.5  # a shorter source is refused: too little to draw grains from
 GRAIN_SECONDS = 0.15
 BRIDGE_SECONDS = 0.08
 FADE_SECONDS = 0.5  # a continuation shorter than its clip fades out over this
-# Speech: loudness (20 ms frames, dB) whose 10th-90th percentile spread is at least DIALOGUE_DEPTH_DB,
-# with at least DIALOGUE_SYLLABIC_SHARE of its variation at 2-8 Hz. Measured on tests/test_sound.py's
-# 4 s signals (spread, share): room tone 1.9 dB, 0.22 (noise: a flat envelope spectrum puts about 6/25
-# of it in 2-8 Hz); a passing car's swell 9.7 dB, 0.01; words of 0.12-0.3 s with gaps 78 dB, 0.81;
-# the same words over room tone 40 dB below them 29 dB, 0.88.
+# Speech: loudness (20 ms frames, dB, dips floored DIALOGUE_FLOOR_DB under the loud frames: a gap is a
+# gap) whose 10th-90th percentile spread is at least DIALOGUE_DEPTH_DB, with at least
+# DIALOGUE_SYLLABIC_SHARE of its variation at 2-8 Hz. Measured on the 4 s signals of
+# tests/test_ambience.py and tests/test_sound.py (spread, share): steady noise (brown, low-passed)
+# 1.8-5.0 dB, 0.21-0.30; wind gusting at 0.5-1 Hz 13.6-14.5 dB, 0.03-0.07; a car passing 9.7-23.4 dB,
+# 0.01-0.02 (so a spread alone will not do); dialogue (voiced tones or noise in syllables of 0.12-0.3 s,
+# with gaps) 30 dB (the floor), 0.48-0.85; the same over room tone 10 dB under its RMS 17.6 dB, 0.51.
+# Without the floor, words between digital silence dip 85 dB and that square wave puts the variation
+# at the word rate (1-2 Hz): shares 0.29-0.59, and a threshold of 0.4 let half of them through.
 DIALOGUE_DEPTH_DB = 15.0
-DIALOGUE_SYLLABIC_SHARE = 0.4
+DIALOGUE_SYLLABIC_SHARE = 0.2
+DIALOGUE_FLOOR_DB = 30.0
 _ENVELOPE_SECONDS = 0.02
 
 
@@ -115,6 +120,7 @@ def assess(source: SourceAudio) -> Verdict:
     channels, length = source.samples.shape
     frames = source.samples[:, : length // step * step].reshape(channels, -1, step)
     envelope = 10 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=(0, 2)) + 1e-10)
+    envelope = np.maximum(envelope, np.percentile(envelope, 90) - DIALOGUE_FLOOR_DB)  # a gap is a gap
     depth = float(np.percentile(envelope, 90) - np.percentile(envelope, 10))
     spectrum = np.abs(np.fft.rfft(envelope - envelope.mean())) ** 2
     hertz = np.fft.rfftfreq(envelope.size, _ENVELOPE_SECONDS)
@@ -130,10 +136,12 @@ def continue_ambience(source: SourceAudio, seconds: Fraction | float, seed: int)
     """``seconds`` of ``source``'s texture, starting where it stops: float32 ``[channels, n]``."""
     if not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"seconds must be more than 0 and at most {MAX_SECONDS}, got {seconds}")
-    tail = source.samples.astype(np.float64)
+    tail: np.ndarray = source.samples.astype(np.float64)
     channels, available = tail.shape
     n = round(Fraction(seconds) * source.rate)
     grain = min(2 * round(GRAIN_SECONDS * source.rate / 2), available // 2 * 2)
+    if grain < 2:
+        raise ValueError(f"the source has {available} samples: too few to continue")
     hop = grain // 2
     window = np.sin(np.pi * (np.arange(grain) + 0.5) / grain)  # sine: power-complementary at 50%
     rng = np.random.default_rng(seed)
