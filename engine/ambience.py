@@ -150,6 +150,7 @@ def continue_ambience(source: SourceAudio, seconds: Fraction | float, seed: int)
         take = int(rng.integers(0, available - grain + 1))
         texture[:, at: at + grain] += tail[:, take: take + grain] * window
     texture = texture[:, hop: hop + n]  # from the first point two grains overlap
+
     def rms(x: np.ndarray) -> np.ndarray:
         return np.maximum(np.sqrt(np.mean(x**2, axis=1, keepdims=True)), 1e-12)
 

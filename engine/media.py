@@ -224,6 +224,7 @@ class VideoWriter:
             frame.rate, frame.pts, frame.time_base = self.audio.rate, start, Fraction(1, self.audio.rate)
             for packet in self._audio_stream.encode(frame):
                 self._container.mux(packet)
+
     def _mux(self, packets) -> None:
         for packet in packets:
             if self.codec == "prores":

@@ -80,27 +80,21 @@ def positive(flag: str):
     return whole(flag, 1)
 
 
-def _parse_strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidInput(f"must be a number from 0 to 1, got {text!r}", field="color_match") from None
-    if not 0 <= value <= 1:
-        raise InvalidInput(f"must be from 0 to 1, got {text}", field="color_match")
-    return value
+def _between(field: str, low: float, high: float, unit: str = ""):
+    """A number from ``low`` to ``high`` (``unit`` names it in messages)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise InvalidInput(f"must be a number from {low:g} to {high:g}{unit}, got {text!r}",
+                               field=field) from None
+        if not low <= value <= high:
+            raise InvalidInput(f"must be from {low:g} to {high:g}{unit}, got {text}", field=field)
+        return value
+
+    return _typed(field, parse)
 
 
-strength = _typed("color_match", _parse_strength)  # 0 (off) to 1 (full)
-
-
-def _parse_ambience(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidInput(f"must be a number of seconds, got {text!r}", field="ambience") from None
-    if not 0 <= value <= MAX_AMBIENCE_SECONDS:
-        raise InvalidInput(f"must be from 0 to {MAX_AMBIENCE_SECONDS} seconds, got {text}", field="ambience")
-    return value
-
-
-ambience = _typed("ambience", _parse_ambience)  # seconds of the source's ambience under an extension
+strength = _between("color_match", 0, 1)  # 0 (off) to 1 (full)
+ambience = _between("ambience", 0, MAX_AMBIENCE_SECONDS, " seconds")  # of the source's sound, carried on

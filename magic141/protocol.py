@@ -62,6 +62,7 @@ QUANTS = ("none", "int8", "fp8")
 CODECS = {"h264": ".mp4", "prores": ".mov"}  # codec -> file suffix (encoders: engine/media.py)
 MAX_SECONDS = 3600
 MAX_AMBIENCE_SECONDS = 10  # the longest ambience carried under an extension (as Adobe's Generative Extend)
+DEFAULT_AMBIENCE_SECONDS = float(MAX_AMBIENCE_SECONDS)  # a spec's ambience when it does not say
 SIZE_MULTIPLE = 16  # height and width in a spec; a model may need a coarser multiple (it says so)
 BUILTIN_MODELS = ("world", "tiny")  # built into the engine; any other model is a path
 DEFAULT_MODEL = "world"  # trained on the procedural world (resources/world); "tiny" is random weights
@@ -219,7 +220,7 @@ def _fraction_of_one(data: dict, name: str, default: float) -> float:
 
 
 def _ambience(data: dict) -> float:
-    value = _number(data, "ambience", 10.0, minimum=0, inclusive=True)
+    value = _number(data, "ambience", DEFAULT_AMBIENCE_SECONDS, minimum=0, inclusive=True)
     assert value is not None
     if value > MAX_AMBIENCE_SECONDS:
         raise InvalidInput(f"must be at most {MAX_AMBIENCE_SECONDS} seconds, got {value:g}", field="ambience")
@@ -313,7 +314,7 @@ class JobSpec:
     color_match: float = 1.0  # 0-1: how far a continued clip's colour is matched to its source frame
     # The most seconds of sound under a clip continued from a video with sound: its ambience, carried on
     # (0: video only). At most MAX_AMBIENCE_SECONDS.
-    ambience: float = 10.0
+    ambience: float = DEFAULT_AMBIENCE_SECONDS
 
     def __post_init__(self) -> None:
         # One validation for every way in: built in code or read from JSON.

@@ -8,7 +8,7 @@ import argparse
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141 import cli_args
     from magic141.cli_args import QUANT_CHOICES
-    from magic141.protocol import CODECS, DEFAULT_MODEL
+    from magic141.protocol import CODECS, DEFAULT_AMBIENCE_SECONDS, DEFAULT_MODEL
 
     from .edits import MODES
 
@@ -31,7 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     colour.add_argument("--no-color-match", dest="color_match", action="store_const", const=0.0,
                         help="leave the model's colours as they come")
     sound = extend.add_mutually_exclusive_group()
-    sound.add_argument("--ambience", type=cli_args.ambience, default=10.0, metavar="SECONDS",
+    sound.add_argument("--ambience", type=cli_args.ambience, default=DEFAULT_AMBIENCE_SECONDS,
+                       metavar="SECONDS",
                        help="carry the source's ambience under the extension, at most SECONDS (0-10, "
                        "default 10); refused, with a note, for silent or dialogue-like sound")
     sound.add_argument("--no-ambience", dest="ambience", action="store_const", const=0.0,

@@ -17,6 +17,7 @@ import opentimelineio as otio
 
 from magic141.errors import InvalidInput, TimelineError
 from magic141.protocol import (
+    DEFAULT_AMBIENCE_SECONDS,
     DEFAULT_MODEL,
     EXTEND_REPORT_VERSION,
     JobResult,
@@ -94,7 +95,7 @@ def seam_scores(ref: tl.ClipRef, frame: int, media: Path, placed_frame: int, rat
 def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
              media_dir: Path, job_id: str, seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
              steps: int | None = None, codec: str | None = None, color_match: float = 1.0,
-             ambience: float = 10.0, handles: int = 0) -> JobSpec:
+             ambience: float = DEFAULT_AMBIENCE_SECONDS, handles: int = 0) -> JobSpec:
     """The engine job that continues ``ref`` after ``frame`` at the timeline's rate, or (frame None)
     makes a clip from the prompt alone to go after ``ref``. ``codec`` None: ProRes 422 HQ (10-bit) when
     the source is more than 8-bit, H.264 otherwise.
@@ -145,7 +146,7 @@ def extend_clip(
     quant: str = "none",
     steps: int | None = None,
     color_match: float = 1.0,
-    ambience: float = 10.0,
+    ambience: float = DEFAULT_AMBIENCE_SECONDS,
     handles: int = 0,
     codec: str | None = None,
 ) -> ExtendResult:

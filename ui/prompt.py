@@ -47,7 +47,7 @@ from PySide6.QtWidgets import (
 
 from magic141 import atomic
 from magic141.plugin.edits import MODES
-from magic141.protocol import BUILTIN_MODELS, DEFAULT_MODEL, MAX_AMBIENCE_SECONDS
+from magic141.protocol import BUILTIN_MODELS, DEFAULT_AMBIENCE_SECONDS, DEFAULT_MODEL, MAX_AMBIENCE_SECONDS
 
 from .labels import PANEL_LABELS
 from .scroll import VerticalScrollArea
@@ -74,7 +74,7 @@ class GenerationSettings:
     codec: str | None  # None: as the source (ProRes 422 HQ for more than 8 bits, H.264 otherwise)
     mode: str
     color_match: float = 1.0  # 0-1
-    ambience: float = 10.0  # seconds of the source's sound carried on (0: video only)
+    ambience: float = DEFAULT_AMBIENCE_SECONDS  # seconds of the source's sound carried on (0: video only)
 
 
 class PromptHistory:
