@@ -1,16 +1,17 @@
 """The Blender sequencer add-on: exact rates and placements on plain records, and the add-on itself
-in real Blender (``blender -b``) against a real engine service on the tiny model.
+in real Blender against a real engine service on the tiny model.
 
-One Blender session (tests/blender_session.py) builds a scene at 24000/1001 fps, installs the add-on
-from the zip that ``magic141 install-blender-addon --out`` writes, and drives its operators: bad
-input, both placements, export to OTIO and import back. The tests below check what it saw.
+In each Blender (tests/blender_hosts.py: Debian's 3.4 as ``blender -b``, and the PyPI ``bpy`` wheels
+4.2, 4.5 and 5.0) one session (tests/blender_session.py) builds a scene at 24000/1001 fps, installs
+the add-on from the zip that ``magic141 install-blender-addon --out`` writes, and drives its
+operators: bad input, a retimed strip, Channel Above and Insert After from the playhead and from the
+strip's end, export to OTIO and import back. The tests below check what it saw.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from blender_hosts import BPY_VERSIONS
+from blender_hosts import command as host_command
 from conftest import stop_service
 
 from magic141.cli import main as magic141
@@ -71,6 +74,14 @@ def test_insert_shifts_the_channel_after_the_source_and_above_finds_a_free_chann
     assert place(strips, source, 6, "insert") == Placement(2, 11, ("B", "C"))  # rightmost first
     assert place(strips, source, 6, "above").channel == 5  # 3 is taken at frame 11, 4 at frame 15
     assert place(strips, source, 4, "above").channel == 4  # frames 11 to 14 are free on 4
+    # A cut inside the source (From Playhead): the new strip starts there, as Blender's split cuts.
+    assert place(strips, source, 6, "insert", cut=5) == Placement(2, 5, ("B", "C"), split=True)
+    assert place(strips, source, 6, "above", cut=5) == Placement(4, 5)  # 3 is taken from frame 8
+    assert place(strips, source, 2, "above", cut=5) == Placement(3, 5)  # frames 5 and 6 are free on 3
+    for outside in (1, 12):
+        with pytest.raises(TimelineError, match=f"a cut at frame {outside} is not inside strip 'A': it must "
+                                                "be from frame 2 to 11"):
+            place(strips, source, 6, "above", cut=outside)
     with pytest.raises(TimelineError, match="placement: must be one of insert, above") as caught:
         place(strips, source, 6, "overwrite")
     assert caught.value.field == "placement"
@@ -109,25 +120,35 @@ def test_a_strip_whose_media_runs_at_another_rate_keeps_its_place_and_first_fram
 
 # In Blender ------------------------------------------------------------------------------------
 
+HOSTS = ("debian", *BPY_VERSIONS)
 
-@pytest.fixture(scope="module")
-def blender():
-    path = shutil.which("blender")
-    if path is None:
-        if os.environ.get("MAGIC141_REQUIRE_BLENDER"):
-            pytest.fail("blender is not installed, but MAGIC141_REQUIRE_BLENDER is set (.ci/run installs it)")
-        pytest.skip("blender is not installed (apt-get install blender)")
+
+def unavailable(reason: str):
+    if os.environ.get("MAGIC141_REQUIRE_BLENDER"):
+        pytest.fail(f"{reason}, but MAGIC141_REQUIRE_BLENDER is set (.ci/run installs every Blender)")
+    pytest.skip(reason)
+
+
+def host_python(run: list[str]) -> list[str]:
+    """The Python version a Blender runs, as ["3", "11"]."""
+    script = "import sys; print('PYTHON', *sys.version_info[:2])"
+    args = [*run[:-1], "--python-expr", script] if run[-1] == "--python" else [*run, "-c", script]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    return next((line.split()[1:] for line in done.stdout.splitlines() if line.startswith("PYTHON ")), ["?"])
+
+
+@pytest.fixture(scope="module", params=HOSTS)
+def host(request):
+    """The command that runs a script in one Blender: Debian's, or a bpy wheel's Python."""
+    run, reason = host_command(request.param)
+    if run is None:
+        unavailable(reason)
     # The add-on loads this Python's compiled packages (PyAV, OTIO): Blender's must be the same version.
-    done = subprocess.run([path, "-b", "--factory-startup", "--python-expr",
-                           "import sys; print('PYTHON', *sys.version_info[:2])"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    found = next((line.split()[1:] for line in done.stdout.splitlines() if line.startswith("PYTHON ")), None)
+    found = host_python(run)
     if found != [str(part) for part in sys.version_info[:2]]:
-        reason = f"{path} runs Python {'.'.join(found or ['?'])}, these tests Python {sys.version.split()[0]}"
-        if os.environ.get("MAGIC141_REQUIRE_BLENDER"):
-            pytest.fail(f"{reason}, but MAGIC141_REQUIRE_BLENDER is set")
-        pytest.skip(reason)
-    return path
+        unavailable(f"{request.param} Blender runs Python {'.'.join(found)}, these tests "
+                    f"Python {sys.version.split()[0]}")
+    return request.param, run
 
 
 def blender_env(folder: Path, home: Path) -> dict:
@@ -137,9 +158,17 @@ def blender_env(folder: Path, home: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def session(blender, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("blender")
-    home = folder / "home"
+def home(tmp_path_factory):
+    """One engine service for every Blender: it stays warm from one to the next."""
+    home = tmp_path_factory.mktemp("engine-home")
+    yield home
+    stop_service(home)
+
+
+@pytest.fixture(scope="module")
+def session(host, home, tmp_path_factory):
+    name, run = host
+    folder = tmp_path_factory.mktemp(f"blender-{name}")
     plate = folder / "plate 2398.mp4"  # a space in the name, 1 s at 24000/1001, 48x32
     with media.VideoWriter(plate, fps=NTSC, codec="h264", width=48, height=32) as writer:
         writer.write(media.read_frames(PLATE)[:24, ::2, ::2])
@@ -147,17 +176,13 @@ def session(blender, tmp_path_factory):
     config = {"folder": str(folder), "plate": str(plate), "zip": str(folder / "magic141_vse.zip"),
               "empty_home": str(folder / "empty_home"), "report": str(folder / "report.json")}
     (folder / "config.json").write_text(json.dumps(config))
-    try:
-        done = subprocess.run([blender, "-b", "--factory-startup", "--python", str(SESSION), "--",
-                               str(folder / "config.json")], capture_output=True, text=True, timeout=400,
-                              env=blender_env(folder, home), check=False)
-        report = folder / "report.json"
-        assert report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
-        seen = json.loads(report.read_text())
-        assert "crash" not in seen, seen["crash"]
-        yield {**seen, "folder": folder, "home": home, "plate": plate}
-    finally:
-        stop_service(home)
+    done = subprocess.run([*run, str(SESSION), "--", str(folder / "config.json")], capture_output=True,
+                          text=True, timeout=400, env=blender_env(folder, home), check=False)
+    report = folder / "report.json"
+    assert report.is_file(), done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads(report.read_text())
+    assert "crash" not in seen, seen["crash"]
+    return {**seen, "host": name, "folder": folder, "home": home, "plate": plate}
 
 
 def spec_of(session, new: dict) -> dict:
@@ -171,74 +196,125 @@ def check_media(new: dict) -> None:
     assert info.fps == NTSC
 
 
+def continued_time(session, new: dict) -> Fraction:
+    """The media time of the plate frame the new strip continues."""
+    source = spec_of(session, new)["source"]
+    assert source["kind"] == "media" and source["path"] == str(session["plate"])
+    return Fraction(source["time"])
+
+
 @pytest.mark.slow
 def test_the_addon_loads_and_reports_bad_input_in_plain_words(session):
+    if session["host"] != "debian":
+        assert session["version"][:2] == [int(part) for part in session["host"].split(".")[:2]]
     assert session["addon_problem"] == ""
     errors = session["errors"]
     assert errors["no_active"] == "Error: No active strip: click a movie strip in the sequencer first"
     assert errors["not_movie"] == "Error: strip 'Color' is a color strip: choose a movie strip"
     assert errors["missing_media"].startswith("Error: strip 'Gone': its media ") and "is missing" in errors[
         "missing_media"]
-    assert errors["outside"] == "Error: frame 30 is outside strip 'Plate', which shows frames 3 to 23"
+    assert errors["outside"] == ("Error: the playhead (frame 30) must be inside strip 'Plate', after its "
+                                 "first frame: from frame 4 to 24")
     assert errors["bad_seconds"].startswith("Error: seconds=soon is not a number")
     # An engine that cannot start: the operator returns at once, the failure arrives from the worker.
     assert errors["unreachable_operator"] == "FINISHED"
     assert errors["unreachable"] == errors["unreachable_status"] == (
         "cannot start the engine service with /nonexistent/python3: No such file or directory")
+    # A retimed strip does not show its media frame for frame: refused, saying how to undo it.
+    speed = ("plays at speed 2" if session["version"][0] < 4 else
+             "is retimed (3 retiming keys; Strip > Retiming > Reset Retiming plays it frame for frame again)")
+    assert errors["retimed"] == (f"Error: strip 'Fast' {speed}: Magic141 continues movie strips that show "
+                                 "their media frame for frame")
+    assert session["retimed_frames"] < 24  # it does play faster
     assert errors["strips_unchanged"]
     assert session["torch_imported"] is False
 
 
 @pytest.mark.slow
-def test_insert_puts_the_new_strip_after_its_source_and_shifts_that_channel_by_its_length(session):
-    before, after = session["source_before"], session["insert"]["strips"]
-    assert session["insert"]["operator"] == "FINISHED" and session["insert"]["history"][1] == "done"
+def test_blender_5_edits_the_sequencer_scene_not_the_window_scene(session):
+    if session["version"][0] < 5:
+        assert session["edit_scene"] == session["window_scene"]  # one scene before 5.0
+        return
+    assert session["edit_scene"] != session["window_scene"]
+    # Every extend above found its strips in the workspace's sequencer scene, and import shows its scene.
+    assert session["insert_end"]["operator"] == "FINISHED" and session["round_trip"]["shown"]
+
+
+@pytest.mark.slow
+def test_channel_above_from_the_playhead_starts_the_new_strip_at_the_playhead(session):
+    before, seen = session["source_before"], session["above_playhead"]
     assert (before["start"], before["duration"], before["media_start"]) == (3, 21, 3)  # trimmed and held
-    new = after["Plate ext"]
-    assert (new["channel"], new["start"]) == (2, 24)
+    assert seen["operator"] == "FINISHED" and seen["history"][1] == "done"
+    new = seen["strips"]["Plate ext"]
+    assert (new["channel"], new["start"]) == (4, 13)  # channel 3 holds "Other" from frame 24
     check_media(new)
     assert Path(new["path"]).parent == session["folder"] / "project_magic141"  # beside the .blend
-    assert after["Later"]["start"] == 40 + new["duration"]
-    assert after["Other"]["start"] == 24 and after["Other"]["channel"] == 3  # other channels stay
+    # The playhead at frame 13 cuts there: frame 12 is continued, media frame 12 (hold 1 + trim 2 + 9).
+    assert continued_time(session, new) == Fraction(12 * 1001, 24000)
+    assert (new["metadata"]["source_frame"], new["metadata"]["source_time"]) == (9, "1001/2000")
+    assert {name: s for name, s in seen["strips"].items() if name != "Plate ext"} == session["before_extend"]
+    assert seen["frame_end"] == 30  # the new strip ends at 24, inside the scene
+
+
+@pytest.mark.slow
+def test_insert_after_the_strip_shifts_its_channel_and_the_scene_end(session):
+    seen = session["insert_end"]
+    after = seen["strips"]
+    new = after["Plate ext.001"]
+    assert (new["channel"], new["start"]) == (2, 24)
+    check_media(new)
+    assert continued_time(session, new) == Fraction(23023, 24000)  # the strip's last frame, 23
+    assert after["Later"]["start"] == 40 + 12
+    assert after["Other"] == session["before_extend"]["Other"]  # other channels stay
+    assert after["Plate"] == session["source_before"]
+    assert seen["frame_end"] == 30 + 12  # the scene's end ripples with the insert
     spec = spec_of(session, new)
     assert spec["fps"] == "24000/1001" and spec["seed"] == 3 and spec["model"] == "tiny"
-    # Playhead at frame 10 shows media frame 10 (hold offset 1 + trim 2 + 7): 10 frames of 24000/1001.
-    assert spec["source"] == {"kind": "media", "path": str(session["plate"]), "time": "1001/2400"}
-    assert (new["metadata"]["source_frame"], new["metadata"]["source_time"]) == (7, "1001/2400")
+    assert "scene end moved to frame 42" in seen["history"][2]
 
 
 @pytest.mark.slow
-def test_above_puts_the_new_strip_on_the_first_free_channel_and_moves_nothing(session):
-    after = session["above"]["strips"]
-    new = after["Plate ext.001"]
-    assert (new["channel"], new["start"]) == (4, 24)  # channel 3 holds "Other" from frame 24
-    check_media(new)
-    for name, was in session["insert"]["strips"].items():
-        assert after[name] == was
-    # From the strip's last frame, 23, which shows media frame 23.
-    assert spec_of(session, new)["source"]["time"] == "23023/24000"
+def test_insert_from_the_playhead_cuts_the_strip_there_and_shifts_its_tail(session):
+    seen, was = session["insert_playhead"], session["insert_end"]["strips"]
+    after = seen["strips"]
+    new = after["Plate ext.002"]
+    assert (new["channel"], new["start"], new["duration"]) == (2, 10, 12)
+    assert continued_time(session, new) == Fraction(9 * 1001, 24000)  # frame 9 shows media frame 9
+    # "Plate" ends at the cut; its tail, from media frame 10, goes after the new strip.
+    assert (after["Plate"]["start"], after["Plate"]["duration"]) == (3, 7)
+    tail = after["Plate.001"]
+    assert (tail["channel"], tail["start"], tail["duration"], tail["media_start"]) == (2, 22, 14, 10)
+    assert after["Plate ext.001"]["start"] == was["Plate ext.001"]["start"] + 12
+    assert after["Later"]["start"] == was["Later"]["start"] + 12
+    assert after["Plate ext"] == was["Plate ext"] and after["Other"] == was["Other"]
+    assert seen["frame_end"] == session["insert_end"]["frame_end"] + 12
+    assert "'Plate' cut at frame 10; 3 strips moved right by 12 frames" in seen["history"][2]
 
 
 @pytest.mark.slow
-def test_a_scene_goes_to_otio_and_back_with_the_same_ranges(session):
+def test_a_scene_goes_to_otio_and_back_with_the_same_ranges_and_a_frame_range_that_holds_them(session):
     trip = session["round_trip"]
     assert session["export"] == session["import"] == "FINISHED"
     movies = {name: s for name, s in trip["original"].items() if s["type"] == "MOVIE" and name != "Gone"}
     assert trip["imported"] == movies  # channel, start, length, first media frame, file, metadata
     assert scene_rate(*trip["fps"]) == NTSC and trip["frame_start"] == 1
-    assert trip["markers"] == [["cut here", 5], ["magic141: the ball keeps rolling seconds=1/2", 12]]
-    # The marker queue reads the exported cut: the marker sits on "Plate" at frame 12, media frame 12.
+    assert trip["frame_end"] == max(s["start"] + s["duration"] for s in movies.values()) - 1 == 87
+    assert trip["markers"] == [["cut here", 5], ["magic141: the ball keeps rolling seconds=1/2", 6]]
+    # The marker queue reads the exported cut: the marker sits on "Plate" at frame 6, media frame 6.
     doc = tl.open_timeline(session["folder"] / "cut.otio")
     (job,) = markers.marker_jobs(doc, model="tiny")
     assert (job.ref.name, job.frame, job.spec.source.time, job.seconds) == (
-        "Plate", 9, Fraction(1001, 2000), Fraction(1, 2))
+        "Plate", 3, Fraction(1001, 4000), Fraction(1, 2))
     generated = {s["metadata"]["job_id"] for s in movies.values() if s["metadata"]}
-    assert len(generated) == 2 and markers.generated_job_ids(doc) == generated
+    assert len(generated) == 3 and markers.generated_job_ids(doc) == generated
 
 
-def test_install_command_installs_and_enables_the_addon(blender, tmp_path):
+def test_install_command_installs_and_enables_the_addon(tmp_path):
+    run, reason = host_command("debian")  # a Blender executable: the bpy wheels have none
+    if run is None:
+        unavailable(reason)
     home = tmp_path / "home"
-    done = subprocess.run([sys.executable, "-m", "magic141", "install-blender-addon", "--blender", blender],
+    done = subprocess.run([sys.executable, "-m", "magic141", "install-blender-addon", "--blender", run[0]],
                           capture_output=True, text=True, timeout=300, env=blender_env(tmp_path, home),
                           check=False)
     assert done.returncode == 0, done.stderr

@@ -15,12 +15,12 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from magic141.errors import Magic141Error
+from magic141.errors import Magic141Error, TimelineError
 from magic141.plugin.extend import media_dir_for
 from magic141.plugin.markers import parse_seconds
 from magic141.protocol import DEFAULT_MODEL
 
-from . import exchange, jobs
+from . import compat, exchange, jobs
 from . import scene as scene_io
 from .worker import ExtendRequest
 
@@ -36,11 +36,13 @@ class Magic141Settings(bpy.types.PropertyGroup):
     seed: IntProperty(name="Seed", min=0, default=0)
     use_playhead: BoolProperty(
         name="From Playhead", default=False,
-        description="Continue from the frame under the playhead (off: the strip's last frame)")
+        description="Cut at the playhead: the new strip starts there, continuing the frame before it "
+                    "(off: after the strip's last frame)")
     placement: EnumProperty(name="Placement", default="insert", items=[
         ("insert", "Insert After",
-         "Right after the strip on its channel; later strips on that channel move right"),
-        ("above", "Channel Above", "Right after the strip's end, on the first channel above that is free"),
+         "At the cut on the strip's channel: the strip is cut there, and what follows on that channel "
+         "moves right"),
+        ("above", "Channel Above", "At the cut, on the first channel above that is free"),
     ])
     model: StringProperty(name="Model", default=DEFAULT_MODEL, description="world, tiny, or a model folder")
     steps: IntProperty(name="Steps", min=0, default=0, description="Sampling steps; 0: the model's default")
@@ -65,8 +67,15 @@ def _media_dir() -> Path:
     return home.home() / "outputs" / "blender"
 
 
-def _frame(context, strip) -> int:
-    return context.scene.frame_current if context.scene.magic141.use_playhead else strip.end - 1
+def _cut(scene, strip) -> int:
+    """Where the new strip starts: the playhead, or the strip's end; the frame before it is continued."""
+    if not scene.magic141.use_playhead:
+        return strip.end
+    cut = scene.frame_current
+    if not strip.start < cut <= strip.end:
+        raise TimelineError(f"the playhead (frame {cut}) must be inside strip {strip.name!r}, after its "
+                            f"first frame: from frame {strip.start + 1} to {strip.end}")
+    return cut
 
 
 class MAGIC141_OT_extend_strip(bpy.types.Operator):
@@ -76,7 +85,7 @@ class MAGIC141_OT_extend_strip(bpy.types.Operator):
     bl_label = "Extend"
 
     def execute(self, context):
-        scene = context.scene
+        scene = compat.sequencer_scene(context)
         editor = scene.sequence_editor
         active = editor.active_strip if editor else None
         if active is None:
@@ -85,8 +94,8 @@ class MAGIC141_OT_extend_strip(bpy.types.Operator):
         settings = scene.magic141
         try:
             strip = scene_io.top_level(scene, active)
-            frame = _frame(context, strip)
-            strip.frame_in_strip(frame)
+            strip.check_movie()
+            frame = _cut(scene, strip) - 1
             request = ExtendRequest(
                 scene=scene.name, blend_file=bpy.data.filepath, strip=strip, frame=frame,
                 prompt=settings.prompt,
@@ -139,7 +148,7 @@ class MAGIC141_OT_export_otio(bpy.types.Operator, ExportHelper):
 
     def execute(self, context):
         try:
-            cut = scene_io.read_cut(context.scene)
+            cut = scene_io.read_cut(compat.sequencer_scene(context))
             saved, warnings = exchange.save(cut, self.filepath)
         except Magic141Error as exc:
             self.report({"ERROR"}, str(exc))
@@ -164,8 +173,7 @@ class MAGIC141_OT_import_otio(bpy.types.Operator, ImportHelper):
         except (Magic141Error, RuntimeError) as exc:  # RuntimeError: Blender refused a movie
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if context.window is not None:
-            context.window.scene = scene
+        compat.show_scene(context, scene)
         for warning in warnings:
             self.report({"WARNING"}, warning)
         self.report({"INFO"}, f"Imported {len(cut.strips)} strips into scene {scene.name!r}")
@@ -183,7 +191,7 @@ class SEQUENCER_PT_magic141(bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        scene = context.scene
+        scene = compat.sequencer_scene(context)
         settings = scene.magic141
         status = context.window_manager.magic141
         editor = scene.sequence_editor
@@ -195,8 +203,8 @@ class SEQUENCER_PT_magic141(bpy.types.Panel):
             box.label(text=active.name, icon="SEQUENCE")
             box.label(text=f"Channel {active.channel}, frames {active.frame_final_start} to "
                            f"{active.frame_final_end - 1}")
-            frame = scene.frame_current if settings.use_playhead else active.frame_final_end - 1
-            box.label(text=f"From frame {frame}")
+            cut = scene.frame_current if settings.use_playhead else active.frame_final_end
+            box.label(text=f"Cut at frame {cut}, continuing frame {cut - 1}")
         layout.prop(settings, "use_playhead")
         layout.prop(settings, "prompt")
         layout.prop(settings, "seconds")

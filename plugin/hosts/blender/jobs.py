@@ -105,14 +105,18 @@ def _place(request: ExtendRequest, result: JobResult, spec: JobSpec) -> str:
         where = request.blend_file or "the unsaved file"
         raise TimelineError(f"scene {request.scene!r} of {where} is no longer open; "
                             f"the new movie is {result.path}")
+    source_frame = request.frame - request.strip.start
     metadata = clip_record(request.job_id, spec, result, source_clip=request.strip.name,
-                           source_frame=request.frame - request.strip.start)
+                           source_frame=source_frame)
     frames = result.frames
-    strip, placement = scene_io.add_generated(scene, request.strip.name, Path(result.path), frames,
-                                              request.placement, metadata)
-    moved = f"; {len(placement.shifted)} strips moved right by {frames} frames" if placement.shifted else ""
+    strip, placement, end = scene_io.add_generated(scene, request.strip.name, source_frame, Path(result.path),
+                                                   frames, request.placement, metadata)
+    moved = len(placement.shifted) + placement.split
+    notes = ([f"{request.strip.name!r} cut at frame {placement.start}"] if placement.split else []) + (
+        [f"{moved} strips moved right by {frames} frames"] if moved else []) + (
+        [f"scene end moved to frame {end}"] if end is not None else [])
     return (f"Added {strip.name!r} on channel {strip.channel} at frame {strip.frame_final_start}, "
-            f"{strip.frame_final_duration} frames{moved}")
+            f"{strip.frame_final_duration} frames" + "".join(f"; {note}" for note in notes))
 
 
 def _show(text: str, fraction: float, *, running: bool) -> None:

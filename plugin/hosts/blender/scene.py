@@ -4,11 +4,14 @@ cut. Runs inside Blender only (``bpy``), on the main thread only.
 Traps avoided:
 - ``frame_start`` is where media frame ``animation_offset_start`` would sit; the trim
   (``frame_offset_start``, a float) is counted from there, and Blender truncates to whole frames.
-- ``sequences.new_movie`` lays the whole movie from ``frame_start`` and never moves a strip that
+- ``new_movie`` lays the whole movie from ``frame_start`` and never moves a strip that
   overlaps: imported strips are built left to right on each channel, heads cut with the hold
   offset (the strip only grows to the right, where nothing is yet) and tails trimmed after.
 - Strips are shifted rightmost first (``strips.place`` orders them): a strip moved onto another is
   pushed to another channel by Blender.
+- The scene's frame range is set from the strips Blender made, not from the records: what it shows
+  is what plays and renders.
+- The API that moved between Blender versions (``strips`` / ``sequences``, retiming) is in ``compat``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import bpy
 from magic141.errors import TimelineError
 from magic141.plugin.timeline import NAMESPACE
 
+from . import compat
 from .strips import Cut, Placement, Strip, blender_fps, place, scene_rate
 
 TIMECODE_PROPERTY = "magic141_timecode_start"  # scene: frames of an imported timeline's start time
@@ -38,10 +42,7 @@ def _problem(strip) -> str:
         return "plays reversed"
     if strip.strobe > 1:
         return f"shows every {strip.strobe:g}th frame (strobe)"
-    speed = getattr(strip, "speed_factor", 1.0)  # Blender 3.3 and later
-    if abs(speed - 1.0) > 1e-6:
-        return f"plays at speed {speed:g}"
-    return ""
+    return compat.speed_problem(strip)
 
 
 def _metadata(strip) -> dict:
@@ -67,7 +68,7 @@ def strip_record(strip) -> Strip:
 def read_cut(scene) -> Cut:
     """The scene's top-level strips (not those inside meta strips) and markers."""
     editor = scene.sequence_editor
-    strips = tuple(strip_record(strip) for strip in editor.sequences) if editor else ()
+    strips = tuple(strip_record(strip) for strip in compat.strips(editor)) if editor else ()
     timecode = scene.get(TIMECODE_PROPERTY)
     return Cut(scene.name, rate_of(scene), strips, tuple((m.name, m.frame) for m in scene.timeline_markers),
                scene.frame_start, timecode if isinstance(timecode, int) else None)
@@ -76,29 +77,41 @@ def read_cut(scene) -> Cut:
 def top_level(scene, strip) -> Strip:
     """The record of ``strip``, refused if it lies inside a meta strip (its channels are the meta's)."""
     editor = scene.sequence_editor
-    if editor is None or editor.sequences.get(strip.name) != strip:
+    if editor is None or compat.strips(editor).get(strip.name) != strip:
         raise TimelineError(f"strip {strip.name!r} is inside a meta strip: ungroup it first "
                        "(Strip > Meta Strip > Ungroup Meta Strips)")
     return strip_record(strip)
 
 
-def add_generated(scene, source_name: str, media: Path, frames: int, how: str, metadata: dict) -> tuple:
-    """Put ``frames`` frames of ``media`` after strip ``source_name`` (see ``strips.place``); returns
-    the new strip and its placement."""
+def add_generated(scene, source_name: str, source_frame: int, media: Path, frames: int, how: str,
+                  metadata: dict) -> tuple:
+    """Put ``frames`` frames of ``media`` after frame ``source_frame`` of strip ``source_name`` (counted
+    from its first frame; see ``strips.place``). The scene's end moves with an insert after it, and to
+    the new strip's end if that is later. Returns the new strip, its placement and the scene's new end
+    frame (None: unchanged)."""
     editor = scene.sequence_editor
-    source = editor.sequences.get(source_name) if editor else None
+    source = compat.strips(editor).get(source_name) if editor else None
     if source is None:
         raise TimelineError(f"strip {source_name!r} is no longer in scene {scene.name!r}; "
-                       f"the new movie is {media}")
-    records = [strip_record(strip) for strip in editor.sequences]
-    placement: Placement = place(records, strip_record(source), frames, how)
-    for name in placement.shifted:
-        strip = editor.sequences[name]
+                            f"the new movie is {media}")
+    top = compat.strips(editor)
+    record = strip_record(source)
+    placement: Placement = place([strip_record(strip) for strip in top], record, frames, how,
+                                 cut=record.start + source_frame + 1)
+    moving = [top[name] for name in placement.shifted]
+    if placement.split:
+        moving.append(source.split(frame=placement.start, split_method="SOFT"))
+    for strip in moving:
         if getattr(strip, "input_1", None) is None:  # effects follow the strips they take as inputs
             strip.frame_start += frames
-    new = editor.sequences.new_movie(f"{source_name} ext", str(media), placement.channel, placement.start)
+    new = top.new_movie(f"{source_name} ext", str(media), placement.channel, placement.start)
     new[NAMESPACE] = json.dumps(metadata)
-    return new, placement
+    end = scene.frame_end + (frames if how == "insert" and scene.frame_end >= placement.start else 0)
+    end = max(end, new.frame_final_end - 1)
+    if end == scene.frame_end:
+        return new, placement, None
+    scene.frame_end = end
+    return new, placement, end
 
 
 def build_scene(cut: Cut):
@@ -106,8 +119,9 @@ def build_scene(cut: Cut):
     scene = bpy.data.scenes.new(cut.name)
     scene.render.fps, scene.render.fps_base = blender_fps(cut.rate)
     editor = scene.sequence_editor_create()
+    top = compat.strips(editor)
     for record in sorted(cut.strips, key=lambda s: (s.channel, s.start)):
-        strip = editor.sequences.new_movie(record.name, str(record.path), record.channel, record.start)
+        strip = top.new_movie(record.name, str(record.path), record.channel, record.start)
         strip.animation_offset_start = record.media_start
         strip.frame_final_duration = record.duration
         if record.metadata:
@@ -115,7 +129,7 @@ def build_scene(cut: Cut):
     for name, frame in cut.markers:
         scene.timeline_markers.new(name, frame=frame)
     scene.frame_start = cut.frame_start
-    scene.frame_end = max([s.end - 1 for s in cut.strips] + [cut.frame_start])
+    scene.frame_end = max([strip.frame_final_end - 1 for strip in top] + [cut.frame_start])
     if cut.timecode_start is not None:
         scene[TIMECODE_PROPERTY] = cut.timecode_start
     return scene

@@ -1,6 +1,6 @@
 """A scene's strips as plain records, its exact frame rate, and where a generated strip goes. No ``bpy``.
 
-Blender 3.4 plays a movie strip one media frame per timeline frame, whatever the movie's own rate:
+Blender plays a movie strip one media frame per timeline frame, whatever the movie's own rate:
 timeline frame ``f`` of a strip shows media frame ``media_start + (f - start)``, where
 ``media_start`` counts the strip's hold offset (``animation_offset_start``) and its trim
 (``frame_offset_start``). A scene's rate is ``fps / fps_base``: an int over a 32-bit float.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from magic141.errors import TimelineError
 
-MAX_CHANNEL = 128  # Blender 3.4's sequencer has channels 1 to 128
+MAX_CHANNEL = 128  # Blender's sequencer has channels 1 to 128 (3.4 to 5.0)
 MAX_FPS = 32767  # RenderSettings.fps is a short
 PLACEMENTS = ("insert", "above")  # after the source on its channel (ripple), or on the first free one above
 
@@ -45,9 +45,8 @@ class Strip:
         """The first frame after the strip."""
         return self.start + self.duration
 
-    def frame_in_strip(self, frame: int) -> int:
-        """``frame`` (a timeline frame) counted from the strip's first frame, checked to be a frame
-        of a movie this strip shows as is."""
+    def check_movie(self) -> None:
+        """Refuse a strip that is not a movie shown frame for frame, or whose media is missing."""
         if self.kind != "MOVIE":
             raise TimelineError(f"strip {self.name!r} is a {self.kind.lower()} strip: choose a movie strip")
         if self.problem:
@@ -55,6 +54,11 @@ class Strip:
                                 "show their media frame for frame")
         if self.path is None or not self.path.is_file():
             raise TimelineError(f"strip {self.name!r}: its media {self.path} is missing")
+
+    def frame_in_strip(self, frame: int) -> int:
+        """``frame`` (a timeline frame) counted from the strip's first frame, checked to be a frame
+        of a movie this strip shows as is."""
+        self.check_movie()
         if isinstance(frame, bool) or not isinstance(frame, int) or not self.start <= frame < self.end:
             raise TimelineError(f"frame {frame} is outside strip {self.name!r}, which shows frames "
                            f"{self.start} to {self.end - 1}")
@@ -106,23 +110,30 @@ class Placement:
     channel: int
     start: int
     shifted: tuple[str, ...] = ()  # strips to move right by the new strip's length, rightmost first
+    split: bool = False  # cut the source at ``start`` first; its right part moves right (after ``shifted``)
 
 
 def place(strips: tuple[Strip, ...] | list[Strip], source: Strip, frames: int,
-          how: str = "insert") -> Placement:
-    """Where ``frames`` new frames go after ``source``: right after it on its channel, shifting the
-    strips after it on that channel (``insert``), or at the same time on the first channel above
-    that is free for all of them (``above``)."""
+          how: str = "insert", cut: int | None = None) -> Placement:
+    """Where ``frames`` new frames go at frame ``cut`` of ``source`` (default: its end): at the cut on
+    its channel, cutting the source there and shifting what follows on that channel (``insert``),
+    or at the same time on the first channel above that is free for all of them (``above``).
+
+    The cut is where the new strip starts, as Blender's own split puts a cut: the frame under the
+    playhead is the new strip's first, and the source's frame before it is the one continued."""
     if how not in PLACEMENTS:
         raise TimelineError(f"must be one of {', '.join(PLACEMENTS)}, got {how!r}", field="placement")
     if frames < 1:
         raise TimelineError(f"the generated media has {frames} frames")
+    cut = source.end if cut is None else cut
+    if not source.start < cut <= source.end:
+        raise TimelineError(f"a cut at frame {cut} is not inside strip {source.name!r}: it must be from "
+                            f"frame {source.start + 1} to {source.end}")
     if how == "insert":
-        later = sorted((s for s in strips
-                        if s.channel == source.channel and s.start >= source.end and s != source),
+        later = sorted((s for s in strips if s.channel == source.channel and s.start >= cut and s != source),
                        key=lambda s: s.start, reverse=True)
-        return Placement(source.channel, source.end, tuple(s.name for s in later))
-    start, end = source.end, source.end + frames
+        return Placement(source.channel, cut, tuple(s.name for s in later), split=cut < source.end)
+    start, end = cut, cut + frames
     for channel in range(source.channel + 1, MAX_CHANNEL + 1):
         if not any(s.channel == channel and s.start < end and start < s.end for s in strips):
             return Placement(channel, start)

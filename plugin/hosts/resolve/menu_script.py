@@ -13,9 +13,11 @@ script calls and which answers with a plan of API calls (``bridge.PLAN_VERSION``
 3. follow the plan: import the edited timeline as a new one, or add the new clips on video tracks
    above the current ones (``MediaPool.ImportMedia`` + ``AppendToTimeline`` with ``recordFrame``).
 
-Works in the free DaVinci Resolve: a script started from the Workspace > Scripts menu is internal
-scripting. Running Resolve scripts from outside the application (a terminal, another program)
-needs Resolve Studio with Preferences > System > General > External scripting using: Local.
+Works in the free DaVinci Resolve up to 21.0 (a script started from the Workspace > Scripts menu is
+internal scripting) and in Resolve Studio; from 21.1 Python scripting is a Studio feature, and the free
+version goes by hand (the README). Running Resolve scripts from outside the application (a terminal,
+another program) needs Resolve Studio with Preferences > System > General > External scripting using:
+Local.
 Messages go to Workspace > Console.
 """
 
