@@ -1,5 +1,5 @@
-"""Blender's Video Sequence Editor (tested with 3.4, 4.2, 4.5 and 5.0): an add-on that extends movie strips and moves
-cuts to and from OpenTimelineIO.
+"""Blender's Video Sequence Editor (tested with 3.4, 4.2, 4.5 and 5.0): an add-on that extends movie
+strips and moves cuts to and from OpenTimelineIO.
 
 Everything that can be tested without Blender works on plain records and never imports ``bpy``:
 
@@ -11,8 +11,9 @@ Everything that can be tested without Blender works on plain records and never i
   through a queue that Blender's main thread drains.
 - ``install``: the add-on zip and ``magic141 install-blender-addon``.
 
-Inside Blender only: ``compat`` (the API that moved between Blender versions), ``scene`` (reads and edits strips through ``bpy``), ``jobs`` (the timer that
-follows extend jobs and places their movies) and ``addon`` (settings, operators, the sidebar panel).
+Inside Blender only: ``compat`` (the API that moved between Blender versions), ``scene`` (reads and
+edits strips through ``bpy``), ``jobs`` (the timer that follows extend jobs and places their movies)
+and ``addon`` (settings, operators, the sidebar panel).
 ``addon_entry.py`` is the zip's ``__init__.py``: it puts the Python that magic141 is installed in on
 Blender's path, then registers ``addon``.
 

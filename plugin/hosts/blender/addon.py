@@ -204,7 +204,10 @@ class SEQUENCER_PT_magic141(bpy.types.Panel):
             box.label(text=f"Channel {active.channel}, frames {active.frame_final_start} to "
                            f"{active.frame_final_end - 1}")
             cut = scene.frame_current if settings.use_playhead else active.frame_final_end
-            box.label(text=f"Cut at frame {cut}, continuing frame {cut - 1}")
+            if active.frame_final_start < cut <= active.frame_final_end:
+                box.label(text=f"Cut at frame {cut}, continuing frame {cut - 1}")
+            else:
+                box.label(text=f"The playhead (frame {cut}) is outside the strip", icon="ERROR")
         layout.prop(settings, "use_playhead")
         layout.prop(settings, "prompt")
         layout.prop(settings, "seconds")

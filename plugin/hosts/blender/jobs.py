@@ -111,10 +111,13 @@ def _place(request: ExtendRequest, result: JobResult, spec: JobSpec) -> str:
     frames = result.frames
     strip, placement, end = scene_io.add_generated(scene, request.strip.name, source_frame, Path(result.path),
                                                    frames, request.placement, metadata)
-    moved = len(placement.shifted) + placement.split
-    notes = ([f"{request.strip.name!r} cut at frame {placement.start}"] if placement.split else []) + (
-        [f"{moved} strips moved right by {frames} frames"] if moved else []) + (
-        [f"scene end moved to frame {end}"] if end is not None else [])
+    notes = []
+    if placement.split:
+        notes.append(f"{request.strip.name!r} cut at frame {placement.start}")
+    if placement.shifted or placement.split:
+        notes.append(f"{len(placement.shifted) + placement.split} strips moved right by {frames} frames")
+    if end is not None:
+        notes.append(f"scene end moved to frame {end}")
     return (f"Added {strip.name!r} on channel {strip.channel} at frame {strip.frame_final_start}, "
             f"{strip.frame_final_duration} frames" + "".join(f"; {note}" for note in notes))
 
