@@ -8,7 +8,10 @@ The sound of a generated clip (a continuation of the source's ambience, muxed in
 goes on the audio track that holds the source clip's sound: a clip of the same media under the
 source, or else the first audio track; a timeline without one gets a new audio track. In ``insert``
 mode that track ripples by the video clip's length (a gap fills what has no sound), so picture and
-sound after the cut stay in sync.
+sound after the cut stay in sync, and so do the timeline's own markers (guides) after the cut.
+
+A track with a ``source_range`` that shows all of it (Kdenlive's export gives every track one) keeps
+showing all of it: the range grows with what is inserted, or the new clip would be trimmed away.
 """
 
 from __future__ import annotations
@@ -99,23 +102,60 @@ def add_generated_clip(doc: TimelineDoc, ref: ClipRef, media_path: Path, frames:
     elif sound is not None:
         new_tracks.append((audio_track, otio.schema.TrackKind.Audio, sound))
     for changed, kept in children:
+        shown = _shows_all(changed, rate)
         changed.clear()  # detach every child, so the kept ones can be re-parented
         changed.extend(kept)
+        if shown is not None:
+            _show_all(changed, shown, rate)
     for beside, kind, item in new_tracks:
         _new_track(doc, beside, kind, end, item, rate)
+    if mode == "insert":
+        _ripple_guides(doc, end, frames - handles, rate)
     return clip
+
+
+def _ripple_guides(doc: TimelineDoc, start: int, frames: int, rate: Fraction) -> None:
+    """Move the timeline's own markers (guides) from frame ``start`` on right by ``frames``, as the
+    insert moved what they sit over: a ``magic141:`` guide keeps continuing the same clip."""
+    for marker in doc.timeline.tracks.markers:
+        at = marker.marked_range.start_time
+        if to_seconds(at) >= Fraction(start) / rate:
+            by = RationalTime(float(Fraction(frames) * rate_from_float(at.rate) / rate), at.rate)
+            marker.marked_range = TimeRange(at + by, marker.marked_range.duration)
+
+
+def _content(track: otio.schema.Track, rate: Fraction) -> int:
+    return sum(_length(item, rate) for item in track if not isinstance(item, otio.schema.Transition))
+
+
+def _shows_all(track: otio.schema.Track, rate: Fraction) -> int | None:
+    """Frames the track's own ``source_range`` shows past its content, when it starts at 0 and shows
+    all of it (Kdenlive writes every track with one of (0, its length)); None otherwise."""
+    window = track.source_range
+    if window is None or to_seconds(window.start_time) != 0:
+        return None
+    extra = to_frames(to_seconds(window.duration), rate) - _content(track, rate)
+    return extra if extra >= 0 else None
+
+
+def _show_all(track: otio.schema.Track, extra: int, rate: Fraction) -> None:
+    """Grow (or shrink) the track's ``source_range`` with its edited content: clips past its end would
+    be cut off (OTIO trims a track's children to it; Kdenlive's import drops them)."""
+    window_rate = track.source_range.duration.rate
+    frames = (_content(track, rate) + extra) * rate_from_float(window_rate) / rate
+    track.source_range = TimeRange(track.source_range.start_time, RationalTime(float(frames), window_rate))
 
 
 def _sound_track_of(doc: TimelineDoc, ref: ClipRef, rate: Fraction) -> otio.schema.Track | None:
     """The audio track with ``ref``'s sound: one with a clip of its media overlapping it in time, or
     else the first audio track; None when the timeline has no audio track."""
     audio = [t for t in doc.timeline.tracks if t.kind == otio.schema.TrackKind.Audio]
-    where = ref.clip.trimmed_range_in_parent()
+    where = ref.clip.range_in_parent()  # trimmed_ raises past a track's own range
     url = getattr(ref.clip.media_reference, "target_url", None)
     for track in audio:
         for item in track.find_clips(shallow_search=True):
             if (url is not None and getattr(item.media_reference, "target_url", None) == url
-                    and item.trimmed_range_in_parent().intersects(where)):
+                    and item.range_in_parent().intersects(where)):
                 return track
     return audio[0] if audio else None
 

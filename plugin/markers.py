@@ -10,11 +10,14 @@ Grammar of a marker name (case-insensitive prefix, options anywhere after it)::
     magic141: <prompt words> [seconds=S] [seed=N]
 
 ``S`` is exact (``2.5`` or ``5/2``). When the name holds only options, the prompt is read from
-the marker's comment (hosts such as Resolve keep names short and the long text in a note).
+the marker's comment (hosts such as Resolve keep names short and the long text in a note). A marker
+with no name at all is read from its comment (Kdenlive writes its markers' text there only).
 
 Traps avoided:
 - A marker's ``marked_range`` is in its clip's *source* time (the media's clock), not in track
-  time: the frame in the clip is the marker time minus the clip's trimmed start.
+  time: the frame in the clip is the marker time minus the clip's trimmed start. Except Kdenlive's
+  (``metadata["kdenlive"]``): its exporter writes them from the clip's first frame, and puts every
+  marker of a bin clip on every clip of it, so one outside the clip is not on it and makes no job.
 - Re-running must not render twice. Job ids are derived from what the marker asks for and where
   it sits in the media (clip name, media file name, source in-point, marker time, prompt,
   seconds, seed, model), never from the clip's position on the track, which the previous run's
@@ -99,8 +102,16 @@ class MarkerJob:
 # Parsing ---------------------------------------------------------------------------------------
 
 
+KDENLIVE = "kdenlive"  # the metadata key Kdenlive's OTIO export gives every marker
+
+
+def label(marker: otio.schema.Marker) -> str:
+    """What a marker says: its name, or its comment when it has no name (Kdenlive's markers)."""
+    return marker.name or getattr(marker, "comment", "") or ""
+
+
 def is_request(marker: otio.schema.Marker) -> bool:
-    return bool(_PREFIX.match(marker.name or ""))
+    return bool(_PREFIX.match(label(marker)))
 
 
 def parse_seconds(text: str) -> Fraction:
@@ -144,12 +155,12 @@ def parse_marker(marker: otio.schema.Marker) -> MarkerRequest | None:
 
 def _request(marker: otio.schema.Marker) -> MarkerRequest:
     """The request in a marker ``is_request`` accepted."""
-    name = marker.name or ""
+    name = label(marker)
     prefix = _PREFIX.match(name)
     found: dict[str, str] = {}
     try:
         prompt = _split(name[prefix.end() if prefix else 0:], found)
-        if not prompt:  # the prompt may live in the marker's note
+        if not prompt and marker.name:  # the prompt may live in the marker's note
             prompt = _split(getattr(marker, "comment", "") or "", found)
         if not prompt:
             raise TimelineError("it has no prompt (write magic141: <what happens next>)")
@@ -172,19 +183,20 @@ def annotate(timeline) -> int:
     find = getattr(timeline, "find_clips", None)
     if find is None:
         return 0
-    for clip in find():
-        for marker in clip.markers:
-            if not is_request(marker):
-                continue
-            try:
-                request = _request(marker)
-                note = {"prompt": request.prompt,
-                        "seconds": None if request.seconds is None else rational_text(request.seconds),
-                        "seed": request.seed}
-            except TimelineError as exc:
-                note = {"error": str(exc)}
-            marker.metadata[tl.NAMESPACE] = note
-            count += 1
+    stack = getattr(timeline, "tracks", None)
+    everywhere = [marker for clip in find() for marker in clip.markers] + list(getattr(stack, "markers", []))
+    for marker in everywhere:
+        if not is_request(marker):
+            continue
+        try:
+            request = _request(marker)
+            note = {"prompt": request.prompt,
+                    "seconds": None if request.seconds is None else rational_text(request.seconds),
+                    "seed": request.seed}
+        except TimelineError as exc:
+            note = {"error": str(exc)}
+        marker.metadata[tl.NAMESPACE] = note
+        count += 1
     return count
 
 
@@ -195,14 +207,20 @@ def _seconds_of(time: otio.opentime.RationalTime) -> Fraction:
     return Fraction(time.value) / rate_from_float(time.rate)
 
 
-def _frame_in_clip(ref: tl.ClipRef, marker: otio.schema.Marker) -> int:
+def _frame_in_clip(ref: tl.ClipRef, marker: otio.schema.Marker) -> int | None:
+    """The clip's frame under ``marker``; None for a Kdenlive marker the clip does not show."""
     source = ref.clip.trimmed_range()
     rate = rate_from_float(source.duration.rate)
-    offset = _seconds_of(marker.marked_range.start_time) - _seconds_of(source.start_time)
+    offset = _seconds_of(marker.marked_range.start_time)
+    kdenlive = KDENLIVE in marker.metadata  # timed from the clip's first frame (module docstring)
+    if not kdenlive:
+        offset -= _seconds_of(source.start_time)
     frame = round(offset * rate)
     frames = tl.clip_frames(ref)
     if not 0 <= frame < frames:
-        raise TimelineError(f"marker {marker.name!r} on clip {ref.name!r} lies outside the clip (frame "
+        if kdenlive:
+            return None
+        raise TimelineError(f"marker {label(marker)!r} on clip {ref.name!r} lies outside the clip (frame "
                             f"{frame}; the clip shows frames 0 to {frames - 1}): move it onto the clip")
     return frame
 
@@ -226,10 +244,34 @@ def job_id(identity: dict) -> str:
     return f"mk-{digest[:20]}"
 
 
+def _under(doc: tl.TimelineDoc, guide: otio.schema.Marker) -> tuple[tl.ClipRef, int]:
+    """The clip a timeline marker (a guide) sits on, and the clip's frame under it. The top clip wins:
+    the last video track that has one there, as OTIO stacks tracks; for Kdenlive's guides the first,
+    as its exporter writes the top track first."""
+    at = _seconds_of(guide.marked_range.start_time)
+    under = []
+    for ref in tl.video_clips(doc):
+        try:
+            shown = ref.clip.trimmed_range_in_parent()
+        except ValueError:  # past its track's own range: not shown
+            continue
+        if shown is None:
+            continue
+        start, end = _seconds_of(shown.start_time), _seconds_of(shown.end_time_exclusive())
+        if start <= at < end:
+            under.append((ref, at - start))
+    if not under:
+        raise TimelineError(f"marker {label(guide)!r} at frame {round(at * doc.rate)} of the timeline is on "
+                            "no clip: move it over the clip to continue")
+    ref, into = under[0] if KDENLIVE in guide.metadata else under[-1]
+    return ref, round(into * rate_from_float(ref.clip.trimmed_range().duration.rate))
+
+
 def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: int = 0,
                 model: str = DEFAULT_MODEL, quant: str = "none", steps: int | None = None,
                 media_dir: Path | None = None) -> list[MarkerJob]:
-    """Every ``magic141:`` marker on the video clips of ``doc``, checked and turned into a job spec.
+    """Every ``magic141:`` marker on the video clips of ``doc``, and on the timeline itself (a guide
+    continues the clip under it, ``_under``), checked and turned into a job spec.
 
     ``seconds`` and ``seed`` are used where a marker does not say. Generated media goes to
     ``media_dir`` (default: ``<timeline name>_magic141`` beside the timeline). Raises
@@ -239,37 +281,47 @@ def marker_jobs(doc: tl.TimelineDoc, *, seconds: Fraction = Fraction(5), seed: i
     jobs: list[MarkerJob] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
+    marked: list[tuple[tl.ClipRef | None, otio.schema.Marker]] = []
     for ref in tl.video_clips(doc):
-        marked = [m for m in ref.clip.markers if is_request(m)]
-        marked.sort(key=lambda m: _seconds_of(m.marked_range.start_time))
-        for marker in marked:
-            try:
-                request = _request(marker)
-                frame = _frame_in_clip(ref, marker)
-                if ref.offline or ref.media_path is None:
-                    raise TimelineError(f"marker {marker.name!r} is on clip {ref.name!r}, which is offline: "
-                                        f"{ref.reason}")
-                wanted = request.seconds if request.seconds is not None else seconds
-                chosen_seed = request.seed if request.seed is not None else seed
-                identity = {
-                    "clip": ref.name, "media": ref.media_path.name,
-                    "source_in": str(_seconds_of(ref.clip.trimmed_range().start_time)),
-                    "marker": str(_seconds_of(marker.marked_range.start_time)), "prompt": request.prompt,
-                    "seconds": str(wanted), "seed": chosen_seed, "model": model, "quant": quant,
-                    "steps": steps,
-                }
-                key = json.dumps(identity, sort_keys=True)
-                seen[key] = seen.get(key, 0) + 1
-                identity["copy"] = seen[key]  # identical clips with identical markers stay distinct jobs
-                ident = job_id(identity)
-                spec = job_spec(ref, frame, prompt=request.prompt, seconds=wanted, rate=doc.rate,
-                                media_dir=media_dir, job_id=ident, seed=chosen_seed, model=model, quant=quant,
-                                steps=steps)
-            except InvalidInput as exc:  # a bad marker, or a spec it would make
-                problems.append(str(exc))
+        on_clip = [m for m in ref.clip.markers if is_request(m)]
+        marked += [(ref, m) for m in sorted(on_clip, key=lambda m: _seconds_of(m.marked_range.start_time))]
+    guides = [m for m in doc.timeline.tracks.markers if is_request(m)]
+    marked += [(None, m) for m in sorted(guides, key=lambda m: _seconds_of(m.marked_range.start_time))]
+    for on, marker in marked:
+        try:
+            request = _request(marker)
+            frame: int | None
+            if on is None:  # a guide: known by the media frame under it, which an insert moves it with
+                ref, frame = _under(doc, marker)
+                where = {"guide": str(tl.media_seconds(ref, frame))}
+            else:
+                ref, frame = on, _frame_in_clip(on, marker)
+                where = {"marker": str(_seconds_of(marker.marked_range.start_time))}
+            if frame is None:
                 continue
-            jobs.append(MarkerJob(ref, marker, frame, request.prompt, wanted, chosen_seed, ident, spec,
-                                  ident in done))
+            if ref.offline or ref.media_path is None:
+                raise TimelineError(f"marker {label(marker)!r} is on clip {ref.name!r}, which is "
+                                    f"offline: {ref.reason}")
+            wanted = request.seconds if request.seconds is not None else seconds
+            chosen_seed = request.seed if request.seed is not None else seed
+            identity = {
+                "clip": ref.name, "media": ref.media_path.name,
+                "source_in": str(_seconds_of(ref.clip.trimmed_range().start_time)), **where,
+                "prompt": request.prompt, "seconds": str(wanted), "seed": chosen_seed, "model": model,
+                "quant": quant, "steps": steps,
+            }
+            key = json.dumps(identity, sort_keys=True)
+            seen[key] = seen.get(key, 0) + 1
+            identity["copy"] = seen[key]  # identical clips with identical markers stay distinct jobs
+            ident = job_id(identity)
+            spec = job_spec(ref, frame, prompt=request.prompt, seconds=wanted, rate=doc.rate,
+                            media_dir=media_dir, job_id=ident, seed=chosen_seed, model=model, quant=quant,
+                            steps=steps)
+        except InvalidInput as exc:  # a bad marker, or a spec it would make
+            problems.append(str(exc))
+            continue
+        jobs.append(MarkerJob(ref, marker, frame, request.prompt, wanted, chosen_seed, ident, spec,
+                              ident in done))
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise TimelineError(f"{problems[0]}{more}")
@@ -297,7 +349,7 @@ def apply_result(doc: tl.TimelineDoc, job: MarkerJob, result: JobResult, *, mode
     """Place one finished job's media after its marked clip, and after the results of ``siblings``
     (the same clip's other markers) already there; on a new track in ``newtrack`` mode."""
     metadata = clip_record(job.job_id, job.spec, result, source_clip=job.ref.name, source_frame=job.frame,
-                           marker=job.marker.name)
+                           marker=label(job.marker))
     anchor = job.ref if mode == "newtrack" else _anchor(job, siblings)
     return edits.add_generated_clip(doc, anchor, Path(result.path), result.frames, doc.rate, metadata, mode,
                                     audio_frames=result.sound_frames)
@@ -405,7 +457,7 @@ def queue_from_timeline(path: str | Path, connect: Callable[[], object], *, appl
     doc = tl.open_timeline(path)
     jobs = marker_jobs(doc, seconds=seconds, seed=seed, model=model, quant=quant, steps=steps)
     if not jobs:
-        raise TimelineError(f"no clip of {doc.path.name} has a marker named '{PREFIX} <prompt>'")
+        raise TimelineError(f"no clip or guide of {doc.path.name} has a marker named '{PREFIX} <prompt>'")
     skipped = [job.job_id for job in jobs if job.in_timeline]
     for job in jobs:
         if job.in_timeline:
