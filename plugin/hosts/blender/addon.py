@@ -72,7 +72,7 @@ def _cut(scene, strip) -> int:
     if not scene.magic141.use_playhead:
         return strip.end
     cut = scene.frame_current
-    if not strip.start < cut <= strip.end:
+    if not strip.can_cut(cut):
         raise TimelineError(f"the playhead (frame {cut}) must be inside strip {strip.name!r}, after its "
                             f"first frame: from frame {strip.start + 1} to {strip.end}")
     return cut
@@ -200,11 +200,11 @@ class SEQUENCER_PT_magic141(bpy.types.Panel):
         if active is None:
             box.label(text="No active strip", icon="ERROR")
         else:
-            box.label(text=active.name, icon="SEQUENCE")
-            box.label(text=f"Channel {active.channel}, frames {active.frame_final_start} to "
-                           f"{active.frame_final_end - 1}")
-            cut = scene.frame_current if settings.use_playhead else active.frame_final_end
-            if active.frame_final_start < cut <= active.frame_final_end:
+            strip = scene_io.strip_record(active)
+            box.label(text=strip.name, icon="SEQUENCE")
+            box.label(text=f"Channel {strip.channel}, frames {strip.start} to {strip.end - 1}")
+            cut = scene.frame_current if settings.use_playhead else strip.end
+            if strip.can_cut(cut):
                 box.label(text=f"Cut at frame {cut}, continuing frame {cut - 1}")
             else:
                 box.label(text=f"The playhead (frame {cut}) is outside the strip", icon="ERROR")

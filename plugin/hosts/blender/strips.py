@@ -45,6 +45,10 @@ class Strip:
         """The first frame after the strip."""
         return self.start + self.duration
 
+    def can_cut(self, frame: int) -> bool:
+        """Whether a new strip can start at ``frame``: after the strip's first frame, up to its end."""
+        return self.start < frame <= self.end
+
     def check_movie(self) -> None:
         """Refuse a strip that is not a movie shown frame for frame, or whose media is missing."""
         if self.kind != "MOVIE":
@@ -126,7 +130,7 @@ def place(strips: tuple[Strip, ...] | list[Strip], source: Strip, frames: int,
     if frames < 1:
         raise TimelineError(f"the generated media has {frames} frames")
     cut = source.end if cut is None else cut
-    if not source.start < cut <= source.end:
+    if not source.can_cut(cut):
         raise TimelineError(f"a cut at frame {cut} is not inside strip {source.name!r}: it must be from "
                             f"frame {source.start + 1} to {source.end}")
     if how == "insert":
