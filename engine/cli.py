@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL,
-                       help="world (default), tiny, a diffusers directory, or a DiT checkpoint file")
+                       help="world (default); tiny, tiny-wan, tiny-hv15, tiny-ltx2 (random weights); a "
+                            "diffusers "
+                            "folder of any family, or its repository id in the Hugging Face cache; or a DiT "
+                            "checkpoint file")
     group.add_argument("--components",
                        help="for a single-file checkpoint: where the VAE and text encoders are")
     group.add_argument(
@@ -36,8 +39,37 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     group.add_argument("--offload", action="store_true",
                        help="lowest memory: one component on the device at a time")
+    group.add_argument("--group-offload", action="store_true",
+                       help="stream the DiT's blocks to the device one at a time (diffusers' group offload): "
+                            "the DiT's memory down to two blocks; slower")
     group.add_argument("--vae-tiling", action="store_true",
                        help="decode in tiles (less memory for large frames)")
+    add_lora_option(group)
+
+
+def add_lora_option(parser) -> None:
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", type=_lora,
+                        help="a .safetensors LoRA fused into the weights, e.g. a 4-step distillation LoRA "
+                             "(repeatable; scale default 1)")
+
+
+def spec_loras(args: argparse.Namespace) -> tuple[tuple[str, float], ...]:
+    """``--lora`` as a job spec's ``loras``."""
+    return tuple((lora.path, lora.scale) for lora in args.lora)
+
+
+def _lora(text: str):
+    from magic141.errors import InvalidInput
+
+    from .lora import Lora
+
+    try:
+        return Lora.parse(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+_lora.__name__ = "lora"  # argparse names the option in its one-line error
 
 
 def add_job_options(gen: argparse.ArgumentParser, *, out_required: bool = True) -> None:
@@ -80,6 +112,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     info = commands.add_parser("info", help="describe a model: architecture, parameters, dtype, memory")
     add_model_options(info)
+    info.add_argument("--families", action="store_true",
+                      help="list the model families instead: what each needs per memory mode, and what "
+                           "is installed")
+    info.add_argument("--json", action="store_true", help="with --families: as JSON")
     info.set_defaults(handler=run_info)
 
 
@@ -107,13 +143,16 @@ class ProgressBar:
 
 
 # The model options (add_model_options) as Engine.load takes them.
-ENGINE_OPTIONS = ("device", "quant", "text_quant", "offload", "vae_tiling", "components", "allow_pickle")
+ENGINE_OPTIONS = ("device", "quant", "text_quant", "offload", "group_offload", "vae_tiling", "components",
+                  "allow_pickle")
 
 
 def _load_engine(args: argparse.Namespace, t2i: str | None = None) -> Engine:
     from .generate import Engine
 
-    return Engine.load(args.model, t2i=t2i, **{name: getattr(args, name) for name in ENGINE_OPTIONS})
+    return Engine.load(args.model, t2i=t2i, loras=args.lora,
+                       **{name: getattr(args, name) for name in ENGINE_OPTIONS})
+
 
 
 def job_spec(args: argparse.Namespace) -> JobSpec:
@@ -129,6 +168,7 @@ def job_spec(args: argparse.Namespace) -> JobSpec:
         quant=args.quant, height=args.height, width=args.width, codec=codec_for(out, args.codec),
         shift=args.shift, guidance=args.cfg, negative_prompt=args.negative_prompt,
         conditioning=args.conditioning, window_overlap=args.window_overlap,
+        loras=spec_loras(args),
     )
 
 
@@ -183,5 +223,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    if args.families:
+        from .families.catalog import catalog, describe
+
+        data = catalog()
+        print(json.dumps(data, indent=2) if args.json else describe(data))
+        return 0
     print(_load_engine(args).describe())
     return 0

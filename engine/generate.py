@@ -22,12 +22,16 @@ from magic141.protocol import CONDITIONINGS, JobResult, JobSpec
 from magic141.rational import frame_count, rational_text
 
 from . import ambience, media, seam
-from .memory import MemoryEstimate, check_fits, estimate_peak
+from .families import FAMILIES, Family, FamilyPipeline
+from .families.base import check_conditioning
+from .families.catalog import estimate
+from .lora import Lora, apply_loras
+from .memory import MemoryEstimate, check_fits
 from .models import TINY, LoadedModel, default_t2i, load_model, parameter_counts
 from .pipeline import Magic141Pipeline
 from .pipeline_output import CancelToken, StepProgress
 from .quant import weight_bytes
-from .window import WindowPlan, chain_windows, plan_windows
+from .window import WindowAudio, WindowPlan, chain_windows, plan_windows
 
 
 def bucket_size(aspect: float, area: int, multiple: int) -> tuple[int, int]:
@@ -48,9 +52,11 @@ def fit_image(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Imag
 
 def _model_width(module) -> int:
     config = module.config
-    if hasattr(config, "text_config"):  # LLaVA
-        return config.text_config.hidden_size
-    return config.num_attention_heads * config.attention_head_dim
+    config = getattr(config, "text_config", config)  # LLaVA, Gemma 3: the language model's
+    for key in ("hidden_size", "d_model"):  # transformers' names (Llama, Qwen; T5)
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return config.num_attention_heads * config.attention_head_dim  # a diffusers DiT
 
 
 def conform(native_chunks, indices: list[int]):
@@ -73,12 +79,13 @@ class Engine:
     """A loaded model and its pipeline, kept warm between jobs."""
 
     model: LoadedModel
-    pipe: Magic141Pipeline
+    pipe: Magic141Pipeline | FamilyPipeline
     _: KW_ONLY
     t2i: str | None  # the text-to-image model that makes first frames for text-to-video (None: none)
     quant: str = "none"
     text_quant: str = "none"
     vae_tiling: bool = False
+    loras: tuple[Lora, ...] = ()
     _t2i_pipe: object = field(default=None, init=False, repr=False)  # loaded on first use
 
     @classmethod
@@ -90,29 +97,38 @@ class Engine:
         quant: str = "none",
         text_quant: str = "none",
         offload: bool = False,
+        group_offload: bool = False,
         vae_tiling: bool = False,
         release_text_encoders: bool = True,
         components: str | None = None,
         allow_pickle: bool = False,
         t2i: str | None = None,
+        loras: tuple[Lora, ...] | list[Lora] = (),
     ) -> Engine:
         from .quant import DEFAULT_MIN_FEATURES, quantize
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_model(model, device=device, components=components, allow_pickle=allow_pickle)
+        family = FAMILIES[loaded.info.family]
         parts = loaded.components
-        # Quantise on the CPU, before the pipeline moves weights to the device (no bf16 copy there first).
-        for name, mode in (("transformer", quant), ("text_encoder", text_quant)):
-            module = parts[name]
+        # LoRAs are checked and fused, and weights quantised, on the CPU before the pipeline moves them
+        # to the device (no bf16 copy there first, and no GPU work for a LoRA that does not fit).
+        apply_loras(list(loras), family.pipeline, parts, family.label)
+        modes = {name: quant for name in family.dits} | {"text_encoder": text_quant}
+        for name, mode in modes.items():
+            module = parts.get(name)
+            if module is None:
+                continue
             # Layers narrower than the model's width stay full precision (512 at real size; the tiny
             # model's width is smaller, so that its layers are quantised too and the path is tested).
             min_features = min(DEFAULT_MIN_FEATURES, _model_width(module))
             quantize(module, mode, compute_dtype=module.dtype, min_features=min_features)
         if vae_tiling:
             parts["vae"].enable_tiling()
-        pipe = Magic141Pipeline(
-            **parts, device=device, offload=offload, release_text_encoders=release_text_encoders
-        )
+        placement = dict(device=device, offload=offload, release_text_encoders=release_text_encoders,
+                         group_offload=group_offload)
+        pipe = (Magic141Pipeline(**parts, **placement) if family.name == "hunyuan"
+                else FamilyPipeline.build(family, parts, **placement))
         return cls(
             loaded,
             pipe,
@@ -120,65 +136,62 @@ class Engine:
             quant=quant,
             text_quant=text_quant,
             vae_tiling=vae_tiling,
+            loras=tuple(loras),
         )
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.model.info.family]
 
     # Memory --------------------------------------------------------------------------------
 
     def estimate_memory(self, height: int, width: int, frames: int, guidance: float) -> MemoryEstimate:
         """Peak memory of one window of this job with this engine's placement and quantisation."""
-        parts, pipe = self.model.components, self.pipe
-        counts = parameter_counts(parts)
-        config = parts["transformer"].config
-        return estimate_peak(
-            dit_params=counts["transformer"],
-            text_params=counts["text_encoder"] + counts["text_encoder_2"],
-            vae_params=counts["vae"],
-            height=height,
-            width=width,
-            frames=min(frames, self.model.info.window_frames),
-            quant=self.quant,
-            text_quant=self.text_quant,
-            offload=pipe.offload,
-            vae_tiling=self.vae_tiling,
-            release_text_encoders=pipe.release_text_encoders,
-            hidden=config.num_attention_heads * config.attention_head_dim,
-            heads=config.num_attention_heads,
-            num_layers_total=config.num_layers + config.num_single_layers,
-            batch=2 if guidance > 1.0 else 1,
-            patch=(config.patch_size_t, config.patch_size, config.patch_size),
-            vae_spatial=pipe.vae_scale_spatial,
-            vae_temporal=pipe.vae_scale_temporal,
-            latent_channels=pipe.latent_channels,
-            dtype_bytes=parts["transformer"].dtype.itemsize,
-        )
+        parts = self.model.components
+        return estimate(self.family, parameter_counts(parts), self.pipe.geometry, height=height, width=width,
+                        frames=min(frames, self.model.info.window_frames), guidance=guidance,
+                        dtype_bytes=parts["transformer"].dtype.itemsize, quant=self.quant,
+                        text_quant=self.text_quant, offload=self.pipe.offload, vae_tiling=self.vae_tiling,
+                        release_text_encoders=self.pipe.release_text_encoders,
+                        group_offload=self.pipe.group_offload)
 
     def resident_bytes(self) -> int:
         """Weights already on the device (they count as available to the job that uses them)."""
         if self.pipe.offload or self.pipe.device.type == "cpu":
             return 0
-        return sum(weight_bytes(m) for m in (self.pipe.transformer, self.pipe.vae))
+        parts = self.model.components
+        resident = ("vae",) if self.pipe.group_offload else (*self.family.dits, "vae")
+        return sum(weight_bytes(parts[name]) for name in resident if parts.get(name) is not None)
 
     def describe(self) -> str:
         """What ``magic141 info`` prints."""
-        info, parts = self.model.info, self.model.components
-        config = parts["transformer"].config
+        info, parts, family = self.model.info, self.model.components, self.family
+        geometry = self.pipe.geometry
+        transformer = parts["transformer"]
+        config = transformer.config
         counts = parameter_counts(parts)
         height, width = info.default_size
         estimate = self.estimate_memory(height, width, info.window_frames, info.default_guidance)
+        dits = [name for name in family.dits if parts.get(name) is not None]
+        experts = f" x {len(dits)} experts" if len(dits) > 1 else ""
+        text = " + ".join(type(parts[name]).__name__ for name in family.text_encoders
+                          if parts.get(name) is not None)
+        loras = ", ".join(f"{Path(lora.path).name} x{lora.scale:g}" for lora in self.loras) or "none"
         lines = [
-            f"model        {info.name} ({info.kind}; {info.weights})",
-            f"transformer  {type(parts['transformer']).__name__}: {config.num_layers} double + "
-            f"{config.num_single_layers} single blocks, {config.num_attention_heads} heads x "
-            f"{config.attention_head_dim}, in {config.in_channels} / out {config.out_channels} channels, "
-            f"patch {config.patch_size_t}x{config.patch_size}x{config.patch_size}, "
-            f"image condition {config.image_condition_type}",
-            f"vae          {type(parts['vae']).__name__}: {self.pipe.latent_channels} latent channels, "
-            f"{self.pipe.vae_scale_temporal}x temporal / {self.pipe.vae_scale_spatial}x spatial",
-            f"text         {type(parts['text_encoder']).__name__} + {type(parts['text_encoder_2']).__name__}",
+            f"model        {info.name} ({family.label}; {info.kind}; {info.weights})",
+            f"transformer  {type(transformer).__name__}{experts}: {geometry.layers} blocks, {geometry.heads} "
+            f"heads x {geometry.hidden // geometry.heads}, in {config.in_channels} / out "
+            f"{config.out_channels} "
+            f"channels, patch {'x'.join(map(str, geometry.patch))}",
+            f"vae          {type(parts['vae']).__name__}: {geometry.latent_channels} latent channels, "
+            f"{geometry.vae_temporal}x temporal / {geometry.vae_spatial}x spatial",
+            f"text         {text}",
+            f"sound        {'made with the picture (' + type(parts['audio_vae']).__name__ + ')'}"
+            if family.audio else "sound        none (a continued clip carries its source's ambience on)",
             "parameters   " + ", ".join(f"{name} {n:,}" for name, n in counts.items())
             + f" (total {sum(counts.values()):,})",
-            f"dtype        {parts['transformer'].dtype}".replace("torch.", "") + f" on {self.pipe.device}, "
-            f"DiT quantization {self.quant}",
+            f"dtype        {transformer.dtype}".replace("torch.", "") + f" on {self.pipe.device}, "
+            f"DiT quantization {self.quant}, LoRAs {loras}",
             f"defaults     {info.default_steps} steps, CFG {info.default_guidance:g}, conditioning "
             f"{info.conditioning}, {height}x{width}, windows of {info.window_frames} frames at "
             f"{info.native_fps} fps",
@@ -197,6 +210,7 @@ class Engine:
         if conditioning not in CONDITIONINGS:
             raise InvalidInput(f"must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}",
                                field="conditioning")
+        check_conditioning(self.family, conditioning)
         height, width = spec.height, spec.width
         multiple = self.pipe.size_multiple
         if height is None or width is None:
@@ -318,6 +332,10 @@ class Engine:
             negative_prompt_embeds=negative,
         )
         stage_totals = {"condition": 0.0, "denoise": 0.0, "decode": 0.0, "write": 0.0}
+        made_sound = None  # the model's own sound (LTX-2), placed window by window
+        if self.family.audio:
+            made_sound = WindowAudio(pipe.audio_rate, info.native_fps, start=float(skip / spec.fps),
+                                     length=round(n_out * pipe.audio_rate / spec.fps))
 
         def run_window(plan: WindowPlan, condition: torch.Tensor | None) -> torch.Tensor:
             def report(step: StepProgress) -> None:
@@ -328,11 +346,16 @@ class Engine:
                         progress=report, **common)
             for stage, key in (("condition", "encode"), ("denoise", "denoise"), ("decode", "decode")):
                 stage_totals[stage] += made.timings[key]
+            if made_sound is not None and made.audio is not None:
+                made_sound.add(plan, made.audio[0])
             return made.frames
 
         metadata = {"comment": f"magic141 prompt={spec.prompt!r} seed={spec.seed} model={info.name}"}
         clock = time.perf_counter()
-        sound, sound_note = ambience.for_extension(spec, n_out) if continued else (None, "video only")
+        if made_sound is not None:
+            sound, sound_note = made_sound, f"made with the picture by {self.family.label}"
+        else:
+            sound, sound_note = ambience.for_extension(spec, n_out) if continued else (None, "video only")
         timings["ambience"] = time.perf_counter() - clock
         native_chunks = chain_windows(plans, run_window, colour_anchor)
         colour: seam.ColourMatch | None = None
@@ -352,6 +375,8 @@ class Engine:
                 writer.write(chunk)
                 stage_totals["write"] += time.perf_counter() - clock
                 written += chunk.shape[0]
+            if made_sound is not None:
+                made_sound.finish()
             if written != n_out:
                 raise RuntimeError(f"internal error: made {written} of {n_out} frames")
         timings.update(stage_totals)
@@ -371,6 +396,9 @@ class Engine:
             "color_match": spec.color_match if continued else 0.0,
             "ambience": sound_note,  # what the sound is, or why there is none
             "ambience_frames": 0 if sound is None else round(sound.samples.shape[1] * spec.fps / sound.rate),
+            "family": self.family.name,
+            "weights": info.weights,
+            "loras": [lora.to_json() for lora in self.loras],
             "seconds": rational_text(spec.seconds),
             "native_frames": native,
             "window_overlap": spec.window_overlap,

@@ -45,6 +45,9 @@ Phases and placement (as ``pipeline.Magic141Pipeline`` does it)
     ``release_text_encoders`` then moves the text encoders off, so they do not add to the VAE
     encode of the condition frames, the denoise or the decode phase. With ``offload`` only the
     component in use is on the device (text encoders, VAE encode, DiT, VAE decode, in turn).
+    ``group_offload`` places everything as without offload but the DiT, whose blocks stay on the
+    CPU and stream to the device in turn (diffusers' group offload): ``GROUP_BLOCKS_RESIDENT`` of its
+    ``num_layers_total`` blocks' share of the DiT weights are on the device at once.
     ``total_peak = max(encode, denoise, decode) + FIXED_OVERHEAD``.
 
     On the CPU (and Apple's unified memory) offloading and releasing move nothing out of the
@@ -90,6 +93,7 @@ VAE_ENCODE_MAPS_PER_FRAME = 5.2  # traced: 5.13
 VAE_ENCODE_MIN_MAPS = 7.0  # traced: 7.0 for a single frame
 VAE_OUTPUT_COPIES = 3.5
 
+GROUP_BLOCKS_RESIDENT = 2  # group offload: the block running and the one fetched next
 DIT_UNQUANTIZED_FRACTION = 0.001
 TEXT_UNQUANTIZED_FRACTION = 0.08
 
@@ -171,6 +175,7 @@ def estimate_peak(
     offload: bool = False,
     vae_tiling: bool = False,
     release_text_encoders: bool = True,
+    group_offload: bool = False,
     hidden: int,
     heads: int,
     num_layers_total: int,
@@ -183,8 +188,8 @@ def estimate_peak(
 ) -> MemoryEstimate:
     """Estimate the peak memory of one job (one window of ``frames`` frames at ``height`` x ``width``).
 
-    ``batch`` is 2 with true classifier-free guidance. ``num_layers_total`` is checked but does not
-    change the peak (blocks run one after another and free their activations). Sizes that are not
+    ``batch`` is 2 with true classifier-free guidance. ``num_layers_total`` changes the peak only with
+    ``group_offload`` (blocks run one after another and free their activations). Sizes that are not
     multiples of the VAE/patch factors are rounded up.
     """
     inputs = dict(locals())
@@ -194,8 +199,10 @@ def estimate_peak(
         _check_int(name, inputs[name], 1)
     for name in ("vae_spatial", "vae_temporal", "latent_channels", "dtype_bytes"):
         _check_int(name, inputs[name], 1)
-    for name in ("offload", "vae_tiling", "release_text_encoders"):
+    for name in ("offload", "vae_tiling", "release_text_encoders", "group_offload"):
         _check_bool(name, inputs[name])
+    if offload and group_offload:
+        raise InvalidInput("offload and group_offload are two placements of the DiT; choose one")
     check_mode(quant)
     check_mode(text_quant)
     if hidden % heads:
@@ -206,8 +213,10 @@ def estimate_peak(
         raise InvalidInput(f"patch must be three positive integers (t, h, w), got {patch!r}") from exc
     inputs["patch"] = (pt, ph, pw)
 
-    # Weights.
+    # Weights. With group offload the DiT's blocks stream in, the running one and the next.
     dit_w = _stored_bytes(dit_params, quant, dtype_bytes, DIT_UNQUANTIZED_FRACTION)
+    dit_on_device = math.ceil(dit_w * min(1.0, GROUP_BLOCKS_RESIDENT / num_layers_total)) if group_offload \
+        else dit_w
     text_w = _stored_bytes(text_params, text_quant, dtype_bytes, TEXT_UNQUANTIZED_FRACTION)
     vae_w = vae_params * dtype_bytes
 
@@ -251,9 +260,9 @@ def estimate_peak(
             "decode": vae_w + decode,
         }
     else:
-        after_encode = dit_w + vae_w + (0 if release_text_encoders else text_w)
+        after_encode = dit_on_device + vae_w + (0 if release_text_encoders else text_w)
         phases = {
-            "encode": max(dit_w + text_w + vae_w + text_act, after_encode + vae_encode),
+            "encode": max(dit_on_device + text_w + vae_w + text_act, after_encode + vae_encode),
             "denoise": after_encode + dit_act,
             "decode": after_encode + decode,
         }

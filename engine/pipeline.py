@@ -4,7 +4,7 @@ One window of video: encode (text + image) -> prepare latents -> denoise -> deco
 33 channels: 16 noisy latents, 16 condition latents (the image, or the last K latent frames of
 the previous window), and 1 mask channel marking which latent frames are given.
 
-``conditioning="magic141"`` starts from pure noise and keeps every decoded frame;
+``conditioning="magic141"`` (and ``"world"``) starts from pure noise and keeps every decoded frame;
 ``conditioning="diffusers"`` reproduces ``HunyuanVideoImageToVideoPipeline``: 0.1% of the image
 latent mixed into the noise, and the first 4 decoded frames dropped.
 """
@@ -25,6 +25,8 @@ from diffusers.video_processor import VideoProcessor
 from magic141.errors import InvalidInput, JobCancelled
 
 from .conditioning import CONDITIONINGS, PromptEmbeds, encode_diffusers, encode_magic141
+from .families.base import Geometry, check_placement, stream_blocks
+from .families.hunyuan import geometry as hunyuan_geometry
 from .pipeline_output import CancelToken, I2VOutput, StepProgress
 
 DIFFUSERS_NOISE_KEEP = 0.999  # diffusers keeps 99.9% noise, 0.1% image latent
@@ -54,7 +56,9 @@ def make_scheduler(config, steps: int, shift: float, device) -> FlowMatchEulerDi
 class Magic141Pipeline:
     """Image-to-video with latent concat, Magic 1-For-1 style.
 
-    Components are the diffusers/transformers classes of HunyuanVideo-I2V. ``offload`` keeps every
+    Components are the diffusers/transformers classes of HunyuanVideo-I2V. ``group_offload`` keeps
+    the DiT on the CPU and streams its blocks to the device in turn (``families.base.stream_blocks``).
+    ``offload`` keeps every
     component on the CPU and moves each to ``device`` only while it runs (lowest memory);
     ``release_text_encoders`` moves the text encoders off the device once prompts are encoded.
     """
@@ -75,6 +79,7 @@ class Magic141Pipeline:
         device: str | torch.device = "cpu",
         offload: bool = False,
         release_text_encoders: bool = False,
+        group_offload: bool = False,
     ) -> None:
         self.transformer = transformer
         self.vae = vae
@@ -86,15 +91,20 @@ class Magic141Pipeline:
         self.scheduler = scheduler
         self.device = torch.device(device)
         self.offload = offload
+        self.group_offload = group_offload
         self.release_text_encoders = release_text_encoders
         self.vae_scale_spatial = vae.spatial_compression_ratio
         self.vae_scale_temporal = vae.temporal_compression_ratio
         self.latent_channels = (transformer.config.in_channels - 1) // 2
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_spatial)
         self._diffusers_view = None
+        check_placement(offload, group_offload)
         if not offload:
             for module in self._modules():
-                module.to(self.device)
+                if not (group_offload and module is self.transformer):
+                    module.to(self.device)
+        if group_offload:
+            stream_blocks(self.transformer, self.device)
 
     @property
     def components(self) -> dict:
@@ -131,6 +141,10 @@ class Magic141Pipeline:
 
     def frames_dropped(self, conditioning: str) -> int:
         return DIFFUSERS_DROPPED_FRAMES if conditioning == "diffusers" else 0
+
+    @property
+    def geometry(self) -> Geometry:
+        return hunyuan_geometry(self.components)
 
     # 1. Check inputs ------------------------------------------------------------------------
 
@@ -196,6 +210,7 @@ class Magic141Pipeline:
                     prompt,
                     self.device,
                     max_sequence_length,
+                    variant=conditioning,
                 )
         return embeds.to(self.device, self.transformer.dtype)
 
@@ -211,11 +226,14 @@ class Magic141Pipeline:
         return self.video_processor.preprocess(image, height, width).unsqueeze(2)
 
     @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Scaled latents of pixels [1, 3, 4k+1, H, W] in [-1, 1] (the distribution's mode)."""
+    def encode_video(self, video: torch.Tensor, sample: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents of pixels [1, 3, 4k+1, H, W] in [-1, 1]: the distribution's mode, or a draw
+        from it with ``sample`` (as Magic 1-For-1 takes its image latent)."""
         with self._on_device(self.vae):
             dist = self.vae.encode(video.to(self.device, self.vae.dtype)).latent_dist
-            return dist.mode().float() * self.vae.config.scaling_factor
+            latents = dist.mode() if sample is None else dist.mean + dist.std * randn_tensor(
+                dist.mean.shape, generator=sample, device=dist.mean.device, dtype=dist.mean.dtype)
+            return latents.float() * self.vae.config.scaling_factor
 
     # 3. Prepare latents ---------------------------------------------------------------------
 
@@ -376,7 +394,7 @@ class Magic141Pipeline:
         self.release_text()
         if condition_video is None:
             condition_video = self.preprocess_image(image, height, width)
-        cond_latents = self.encode_video(condition_video)
+        cond_latents = self.encode_video(condition_video, generator if conditioning == "magic141" else None)
         timings["encode"] = time.perf_counter() - clock
         # 3. Prepare latents
         latents, cond, mask = self.prepare_latents(

@@ -34,6 +34,7 @@ class I2VOutput:
     frames: torch.Tensor  # [frames, height, width, 3] float32 in [0, 1], on the CPU
     latents: torch.Tensor  # final clean latents [1, 16, latent_frames, h, w]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    audio: tuple[torch.Tensor, int] | None = None  # [channels, samples] in [-1, 1] and its rate (LTX-2)
 
 
 class CancelToken:

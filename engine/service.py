@@ -9,6 +9,8 @@ API, version ``protocol.API_VERSION`` (JSON; a refused request is ``{"error": me
 ``field`` naming the input at fault or null, for the client to phrase):
 
     GET  /v1/health                  version, device, free memory, loaded models, queue counts
+    GET  /v1/models                  the model families: needs per memory mode, installed copies
+                                     (``families.catalog``, version ``protocol.MODELS_VERSION``)
     POST /v1/jobs                    {"spec": {...}, "id": optional, "priority": 0} -> 201 job
     GET  /v1/jobs                    {"jobs": [job, ...]} in run order
     GET  /v1/jobs/{id}               job                           (404 if unknown)
@@ -104,6 +106,13 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
             "free_memory": available_bytes(device), "loaded_models": worker.loaded_models,
             "running": worker.current, "queue": queue.counts(), "paused": queue.paused,
         })
+
+    async def models(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        from .families.catalog import catalog
+
+        return JSONResponse(await run_in_threadpool(catalog))  # seconds the first time: off the loop
 
     async def submit(request: Request) -> Response:
         try:
@@ -202,6 +211,7 @@ def build_app(queue: JobQueue, hub: EventHub, worker: Worker, token: str, defaul
     prefix = f"/v{API_VERSION}"
     routes = [
         Route(f"{prefix}/health", health),
+        Route(f"{prefix}/models", models),
         Route(f"{prefix}/jobs", submit, methods=["POST"]),
         Route(f"{prefix}/jobs", list_jobs, methods=["GET"]),
         Route(f"{prefix}/jobs/{{job_id}}", _job_action(queue.get), methods=["GET"]),

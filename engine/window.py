@@ -116,3 +116,42 @@ def chain_windows(
         keep = plans[number + 1].condition_frames if number + 1 < len(plans) else 0
         yield frames[: frames.shape[0] - keep]
         tail = frames[frames.shape[0] - keep :]
+
+
+class WindowAudio:
+    """The sound of a sliding-window run (families that make sound), as the writer reads it.
+
+    Each window's sound starts at its first native frame's time; where windows overlap, the sound
+    is cross-faded as the frames are. ``samples`` is the track from ``start`` (seconds) on, as far as
+    windows have made it; ``finish`` pads it to ``length`` samples. It grows as windows finish, which
+    is before their frames reach the writer, so the writer interleaves it as it goes.
+    """
+
+    def __init__(self, rate: int, native_fps, *, start: float, length: int) -> None:
+        self.rate, self.native_fps, self.length = rate, native_fps, length
+        self.first = round(start * rate)
+        self.track = torch.zeros(2, 0)
+        self.layout = "stereo"  # a mono model's sound is written on both channels
+
+    def _sample(self, native_frame: int) -> int:
+        return round(native_frame * self.rate / self.native_fps)
+
+    def add(self, plan: WindowPlan, sound: torch.Tensor) -> None:
+        """``sound`` [channels, n]: the window's, from its first frame."""
+        sound = sound.float().expand(2, -1) if sound.shape[0] == 1 else sound.float()
+        at = self._sample(plan.start)
+        fade = max(0, min(self.track.shape[1] - at, sound.shape[1]))
+        if fade:
+            ramp = torch.arange(1, fade + 1, dtype=sound.dtype).div(fade + 1)
+            sound = torch.cat([self.track[:, at: at + fade] * (1 - ramp) + sound[:, :fade] * ramp,
+                               sound[:, fade:]], dim=1)
+        self.track = torch.cat([self.track[:, :at], sound], dim=1)
+
+    def finish(self) -> None:
+        short = self.first + self.length - self.track.shape[1]
+        if short > 0:
+            self.track = torch.cat([self.track, self.track.new_zeros(self.track.shape[0], short)], dim=1)
+
+    @property
+    def samples(self):
+        return self.track[:, self.first: self.first + self.length].clamp(-1, 1).numpy()

@@ -27,6 +27,7 @@ from magic141.protocol import EventType, JobResult, JobSpec, JobState
 
 from .events import EventHub
 from .generate import Engine
+from .lora import Lora
 from .pipeline_output import CancelToken, StepProgress
 from .queue import Job, JobQueue
 
@@ -94,11 +95,12 @@ class JobRunner:
         return [f"{self._engine_key[0]} ({self._engine_key[1]})"] if self._engine_key else []
 
     def engine_for(self, spec: JobSpec) -> Engine:
-        key = (spec.model, spec.quant)
+        key = (spec.model, spec.quant, spec.loras)
         if self._engine is None or key != self._engine_key:
             self._engine = None  # one model at a time: free the old one before loading the next
             self._engine_key = None
-            self._engine = Engine.load(spec.model, device=self.device, quant=spec.quant)
+            loras = [Lora.checked(path, scale) for path, scale in spec.loras]
+            self._engine = Engine.load(spec.model, device=self.device, quant=spec.quant, loras=loras)
             self._engine_key = key
         return self._engine
 

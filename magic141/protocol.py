@@ -8,6 +8,7 @@ Formats (each a JSON object with a ``"version"``; ``CHANGELOG.md`` lists every c
     event         Event.to_json()         engine -> clients (server-sent events)
     clip record   clip_record()           ``metadata["magic141"]`` of a generated clip in a timeline
     service file  home.write_service()    ``$MAGIC141_HOME/service.json``
+    models        families.catalog()      engine -> panel: each family's needs per mode, installed copies
 
 Reading: ``from_json`` upgrades older versions through ``_MIGRATIONS`` (each step takes version
 n to n+1), refuses a newer version with ``SchemaTooNew`` and any bad field with ``InvalidInput``
@@ -49,12 +50,13 @@ from typing import Any
 from .errors import InvalidInput, SchemaTooNew
 from .rational import parse_rate, parse_rational, rational_text
 
-SPEC_VERSION = 3  # 2: color_match and match_source; 3: ambience (older specs read with what they meant)
+SPEC_VERSION = 4  # 2: color_match and match_source; 3: ambience; 4: loras (older specs read as they meant)
 RESULT_VERSION = 1  # unversioned results (before 0.2) are version 0: fps was written "24/1"
 EVENT_VERSION = 1
 CLIP_RECORD_VERSION = 2  # 2: native_size, color_match, ambience and handles
 EXTEND_REPORT_VERSION = 1  # what ``magic141 extend --json`` prints
 SERVICE_FILE_VERSION = 1
+MODELS_VERSION = 1  # GET /v1/models and ``magic141 info --families --json``: engine.families.catalog
 API_VERSION = 1  # the service's URL prefix is /v{API_VERSION}
 
 SOURCE_KINDS = ("image", "media", "none")
@@ -64,15 +66,22 @@ MAX_SECONDS = 3600
 MAX_AMBIENCE_SECONDS = 10  # the longest ambience carried under an extension (as Adobe's Generative Extend)
 DEFAULT_AMBIENCE_SECONDS = float(MAX_AMBIENCE_SECONDS)  # a spec's ambience when it does not say
 SIZE_MULTIPLE = 16  # height and width in a spec; a model may need a coarser multiple (it says so)
-BUILTIN_MODELS = ("world", "tiny")  # built into the engine; any other model is a path
+# Built into the engine; any other model is a path, or a repository id found in the Hugging Face cache.
+BUILTIN_MODELS = ("world", "tiny", "tiny-wan", "tiny-hv15", "tiny-ltx2")
 DEFAULT_MODEL = "world"  # trained on the procedural world (resources/world); "tiny" is random weights
-CONDITIONINGS = ("magic141", "diffusers")
+CONDITIONINGS = ("magic141", "diffusers", "world")  # engine/conditioning.py says what each is
 
 
 def model_field(model: str) -> str:
     """A built-in model's name as is; a model folder or file as an absolute path (the engine has its own
     working directory)."""
-    return model if model in BUILTIN_MODELS else str(Path(model).expanduser().resolve())
+    path = Path(model).expanduser()
+    if model in BUILTIN_MODELS or (not path.exists() and _REPO_ID.fullmatch(model)):
+        return model
+    return str(path.resolve())
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
 
 
 def codec_for(path: str | PurePath, codec: str | None = None) -> str:
@@ -164,11 +173,37 @@ def _spec_from_2(data: dict) -> dict:
     return {**data, "ambience": 0.0}
 
 
-_SPEC_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _spec_from_1, 2: _spec_from_2}
+def _spec_from_3(data: dict) -> dict:
+    # Version 4 added loras (a version 3 spec ran none, the default) and the "world" conditioning: the
+    # world model's "magic141" was what "world" is now.
+    if data.get("conditioning") == "magic141" and data.get("model", DEFAULT_MODEL) == "world":
+        return {**data, "conditioning": "world"}
+    return data
+
+
+_SPEC_MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _spec_from_1, 2: _spec_from_2, 3: _spec_from_3}
 _EVENT_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 
 
 # Field readers (each error names its field) ---------------------------------------------------------
+
+
+def _loras(data: dict) -> tuple[tuple[str, float], ...]:
+    raw = data.get("loras", [])
+    if not isinstance(raw, list):
+        raise InvalidInput(f"must be a list of {{path, scale}}, got {raw!r}", field="loras")
+    loras = []
+    for item in raw:
+        if not isinstance(item, dict) or set(item) - {"path", "scale"}:
+            raise InvalidInput(f"must be {{path, scale}} objects, got {item!r}", field="loras")
+        path = _absolute_path(item.get("path"), "loras.path")
+        if not path.endswith(".safetensors"):
+            raise InvalidInput(f"must be a .safetensors file, got {path!r}", field="loras.path")
+        scale = item.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= 100:
+            raise InvalidInput(f"must be a number from -100 to 100, got {scale!r}", field="loras.scale")
+        loras.append((path, float(scale)))
+    return tuple(loras)
 
 
 def _optional_int(data: dict, name: str, minimum: int) -> int | None:
@@ -315,6 +350,8 @@ class JobSpec:
     # The most seconds of sound under a clip continued from a video with sound: its ambience, carried on
     # (0: video only). At most MAX_AMBIENCE_SECONDS.
     ambience: float = DEFAULT_AMBIENCE_SECONDS
+    # LoRAs fused into the model's weights, as (absolute path of a .safetensors file, scale).
+    loras: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         # One validation for every way in: built in code or read from JSON.
@@ -371,6 +408,7 @@ class JobSpec:
             match_source=_flag(data, "match_source", True),
             color_match=_fraction_of_one(data, "color_match", 1.0),
             ambience=_ambience(data),
+            loras=_loras(data),
         )
         for key, value in values.items():
             object.__setattr__(spec, key, value)
@@ -379,7 +417,8 @@ class JobSpec:
     def to_json(self) -> dict:
         data = asdict(self)
         data.update(version=SPEC_VERSION, source=self.source.to_json(), seconds=rational_text(self.seconds),
-                    fps=rational_text(self.fps))
+                    fps=rational_text(self.fps),
+                    loras=[{"path": path, "scale": scale} for path, scale in self.loras])
         return data
 
     def replace(self, **changes: Any) -> JobSpec:

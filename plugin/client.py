@@ -143,6 +143,10 @@ class EngineClient:
     def health(self) -> dict:
         return self.request("GET", "/v1/health")
 
+    def models(self) -> dict:
+        """The model families and what each needs (``protocol.MODELS_VERSION``)."""
+        return self.request("GET", "/v1/models")
+
     def submit(self, spec: JobSpec, *, job_id: str | None = None, priority: int = 0) -> dict:
         body: dict = {"spec": spec.to_json(), "priority": priority}
         if job_id is not None:

@@ -23,7 +23,7 @@ EXIT_JOB_FAILED = 1
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141 import cli_args
     from magic141.cli_args import QUANT_CHOICES
-    from magic141.engine.cli import add_job_options
+    from magic141.engine.cli import add_job_options, add_lora_option
     from magic141.protocol import DEFAULT_MODEL, SPEC_VERSION
 
     queue = commands.add_parser("queue", help="the persistent render queue")
@@ -41,6 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--media", type=Path, help="a video to start from, with --at")
     add.add_argument("--at", help="time in --media, in seconds (exact: 1001/24 or 2.5)")
     add_job_options(add, out_required=False)
+    add_lora_option(add)
     for action in add._actions:  # with --spec, the prompt comes from the file
         if action.dest == "prompt":
             action.required = False
@@ -101,6 +102,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     """The job ``queue add`` asks for: the ``--spec`` file, or the options (output: ``--out``, else the
     engine's ``outputs/`` folder)."""
     from magic141 import home as home_dir
+    from magic141.engine.cli import spec_loras
     from magic141.errors import InvalidInput
     from magic141.protocol import JobSpec, Source, codec_for, model_field
     from magic141.rational import parse_rational
@@ -126,7 +128,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         source=source, prompt=args.prompt, seconds=args.seconds, fps=args.fps, seed=args.seed,
         model=model_field(args.model), quant=args.quant, steps=args.steps, height=args.height,
         width=args.width, shift=args.shift, guidance=args.cfg, negative_prompt=args.negative_prompt,
-        conditioning=args.conditioning, window_overlap=args.window_overlap, **where)
+        conditioning=args.conditioning, window_overlap=args.window_overlap, loras=spec_loras(args), **where)
 
 
 def run_add(args) -> int:

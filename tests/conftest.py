@@ -65,3 +65,12 @@ def home(tmp_path):
     root = tmp_path / "home"
     yield root
     stop_service(root)
+
+
+@pytest.fixture(scope="module")
+def noise_image():
+    """A 96x64 picture of seeded noise: the size the tiny model families make."""
+    import numpy as np
+    import PIL.Image
+
+    return PIL.Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype("uint8"))

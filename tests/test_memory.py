@@ -87,6 +87,15 @@ def test_offload_lowers_the_peak():
     assert e.total_peak < e.dit_weights + e.activations + GiB
 
 
+def test_group_offload_keeps_two_blocks_of_the_dit_on_the_device():
+    resident, grouped = est(), est(group_offload=True)
+    streamed = grouped.dit_weights * 2 / REAL["num_layers_total"]
+    assert resident.total_peak - grouped.total_peak == pytest.approx(resident.dit_weights - streamed, abs=2)
+    assert est(group_offload=True, vae_tiling=True).total_peak < est(offload=True, vae_tiling=True).total_peak
+    with pytest.raises(InvalidInput, match="choose one"):
+        est(offload=True, group_offload=True)
+
+
 def test_vae_tiling_lowers_the_decode():
     plain, tiled = est(), est(vae_tiling=True)
     assert tiled.vae_decode < plain.vae_decode / 4

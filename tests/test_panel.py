@@ -34,7 +34,7 @@ from magic141 import home as home_dir
 from magic141.errors import EngineError
 from magic141.plugin import edits
 from magic141.plugin import timeline as tl
-from magic141.protocol import Event, EventType, JobResult, JobSpec
+from magic141.protocol import MODELS_VERSION, Event, EventType, JobResult, JobSpec
 from magic141.ui.job_controller import JobPhase
 from magic141.ui.panel import Magic141Panel
 from magic141.ui.prompt import HISTORY_VERSION, PromptHistory
@@ -81,6 +81,14 @@ class FakeEngine:
     def health(self) -> dict:
         return {"device": "fake", "free_memory": 3 * 2**30, "loaded_models": ["tiny (none)"],  # as served
                 "queue": {"PENDING": 0}}
+
+    def models(self) -> dict:  # as GET /v1/models answers, with one real family installed
+        wan = {"name": "wan", "label": "Wan 2.2 image-to-video", "tiny": "tiny-wan",
+               "needs_bytes": {"bf16": 72 * 2**30, "fp8": 46 * 2**30},
+               "installed": [{"model": "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "path": "/hub/wan"}]}
+        hunyuan = {"name": "hunyuan", "label": "HunyuanVideo-I2V-33ch", "tiny": "tiny", "needs_bytes": {},
+                   "installed": []}
+        return {"version": MODELS_VERSION, "families": [hunyuan, wan]}
 
     def submit(self, spec: JobSpec, *, job_id: str | None = None, priority: int = 0) -> dict:
         assert isinstance(spec, JobSpec) and job_id is not None
@@ -666,6 +674,15 @@ def test_before_a_timeline_is_open_the_footer_shows_the_engine_and_extend_says_w
     panel = fake_panel
     qtbot.waitUntil(lambda: panel.engine_status.status is not None, timeout=5000)
     assert panel.engine_status.full_text == "Engine: fake · 3.0 GiB free · model tiny, full precision"
+    qtbot.waitUntil(lambda: panel.prompt.model.findText("Wan-AI/Wan2.2-I2V-A14B-Diffusers") >= 0,
+                    timeout=5000)
+    menu = panel.prompt.model
+    items = [menu.itemText(i) for i in range(menu.count())]
+    assert items[:3] == ["world", "tiny", "tiny-wan"] and items[-1] == "Wan-AI/Wan2.2-I2V-A14B-Diffusers"
+    tip = menu.itemData(menu.count() - 1, Qt.ItemDataRole.ToolTipRole)
+    assert tip == "Wan 2.2 image-to-video (/hub/wan); needs bf16 72 GiB, fp8 46 GiB"
+    assert menu.currentText() == "world"  # the menu filled in; the choice stays
+    assert menu.view().minimumWidth() >= menu.view().sizeHintForColumn(0)  # the list shows names whole
     qtbot.keyClicks(panel.prompt.prompt, PROMPT)
     qtbot.mouseClick(panel.prompt.extend_button, Qt.MouseButton.LeftButton)
     assert panel.message.text() == "Open a timeline first" and panel.message.level == "error"

@@ -26,7 +26,7 @@ from magic141.engine import media
 from magic141.engine.queue import JobQueue
 from magic141.errors import EngineError
 from magic141.plugin.client import EngineClient
-from magic141.protocol import RESULT_VERSION, SPEC_VERSION, EventType, JobSpec, JobState
+from magic141.protocol import MODELS_VERSION, RESULT_VERSION, SPEC_VERSION, EventType, JobSpec, JobState
 
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "resources" / "samples" / "first_frame.png"
 
@@ -259,7 +259,8 @@ def test_a_client_waits_for_a_starting_service_instead_of_starting_another(tmp_p
 
 
 def test_a_second_serve_exits_0_naming_the_pid_and_leaves_the_running_job_alone(service, tmp_path):
-    job = service.submit(spec(tmp_path / "out", seconds="8"), job_id="not-recovered", priority=9)
+    # Long enough to outlast the second serve on a fast machine (8 s of tiny video took 0.7 s here).
+    job = service.submit(spec(tmp_path / "out", seconds="60"), job_id="not-recovered", priority=9)
     for event in service.events(job["id"]):
         if event.type == EventType.STEP:
             break
@@ -352,3 +353,14 @@ def test_queue_run_refuses_a_queue_that_a_service_runs(tmp_path, capsys):
                    "stop it first, or let it run the jobs")
     with JobQueue(root / "queue.db") as queue:
         assert queue.get("theirs").state == JobState.RUNNING  # not taken back from the service
+
+
+def test_the_service_lists_every_family_and_what_it_needs(service):
+    catalog = service.models()
+    assert catalog["version"] == MODELS_VERSION and catalog["modes"][0] == "bf16"
+    families = {family["name"]: family for family in catalog["families"]}
+    assert set(families) == {"hunyuan", "wan", "hv15", "ltx2"} and families["ltx2"]["audio"] is True
+    for family in families.values():  # fp8 needs less than bf16, and each way of offloading less again
+        needs = family["needs_bytes"]
+        offloaded = [n for mode, n in needs.items() if "offload" in mode]
+        assert needs["bf16"] > needs["fp8"] >= max(offloaded) and min(offloaded) > 2**30

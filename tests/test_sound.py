@@ -207,3 +207,23 @@ def test_extend_puts_the_ambience_on_the_audio_track_and_a_silent_source_gets_no
         assert placed == [("Room", 0, 12), ("Room ext", 12, 24)]
         assert audio[1].media_reference.target_url == video[1].media_reference.target_url
         assert made is not None and abs(made.shape[1] - RATE) <= 2048
+
+
+@pytest.mark.slow
+def test_an_ltx2_extension_carries_the_model_s_own_sound_under_the_clip(tmp_path):
+    """LTX-2 makes sound with the picture: the extension's sound is the model's (not the source's
+    ambience), as long as the clip, on the audio track under it."""
+    source = plate(tmp_path / "room.mp4", rumble(0.5), codec="h264")
+    command = [sys.executable, "-m", "magic141", "extend", _timeline_with_sound(tmp_path, source), "--clip",
+               "Room", "--prompt", "the room hums on", "--seconds", "1", "--model", "tiny-ltx2", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    settings = report["result"]["settings"]
+    assert settings["ambience"] == "made with the picture by LTX-2 image-to-video with sound"
+    assert settings["family"] == "ltx2"
+    made = ambience.read_audio(report["media"], end_seconds=3600, tail_seconds=3600)
+    assert made is not None and made.rate == 24000  # the vocoder's
+    assert abs(made.samples.shape[1] - made.rate) <= 1024 + 600  # one second (an AAC frame of padding)
+    video, audio = tl.open_timeline(tmp_path / "room.otio").timeline.tracks
+    assert audio[1].media_reference.target_url == video[1].media_reference.target_url

@@ -87,7 +87,7 @@ class ContinuationOracle(torch.nn.Module):
 
 def _oracle_engine(tiny_components, window_frames=33, **oracle) -> Engine:
     parts = dict(tiny_components, transformer=ContinuationOracle(**oracle), vae=ExactVAE())
-    info = ModelInfo(name="oracle", kind="tiny", distilled=True, conditioning="magic141",
+    info = ModelInfo(name="oracle", kind="tiny", distilled=True, conditioning="world",  # the VAE's mode
                      window_frames=window_frames, default_size=(32, 48))
     return Engine(LoadedModel(info, parts), Magic141Pipeline(**parts), t2i=None)
 

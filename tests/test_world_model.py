@@ -61,6 +61,7 @@ def test_one_second_continuations_start_on_the_frame_and_move_as_prompted(pipe):
             width=48,
             num_frames=25,
             num_inference_steps=4,
+            conditioning="world",
             generator=torch.Generator().manual_seed(case.seed),
         )
         clip = out.frames.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()

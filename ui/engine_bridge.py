@@ -35,7 +35,7 @@ from PySide6.QtCore import QObject, QTimer, Signal, SignalInstance
 from PySide6.QtGui import QImage
 
 from magic141.errors import EngineError
-from magic141.protocol import Event, JobSpec, JobState
+from magic141.protocol import MODELS_VERSION, Event, JobSpec, JobState
 
 from .labels import QUANT_WORDS
 from .tasks import TaskRunner, plain_error
@@ -48,6 +48,7 @@ class Engine(Protocol):
 
     def connect(self, *, start: bool = True) -> Any: ...
     def health(self) -> dict: ...
+    def models(self) -> dict: ...
     def submit(self, spec: JobSpec, *, job_id: str | None = None) -> dict: ...
     def events(self, job_id: str | None = None) -> Iterator[Event]: ...
     def job(self, job_id: str) -> dict: ...
@@ -115,6 +116,7 @@ class EngineBridge(QObject):
     job_reconnecting = Signal(str, str)  # job id, why its event stream was lost
     job_reattached = Signal(str, str)  # job id, its JobState (not ended) once followed again
     cancel_failed = Signal(str, str)  # job id, why the cancel did not reach the engine
+    models_changed = Signal(object)  # the engine's model catalog (protocol.MODELS_VERSION), once running
 
     def __init__(self, client: Engine, parent: QObject | None = None, *, poll_ms: int = 3000) -> None:
         super().__init__(parent)
@@ -123,6 +125,7 @@ class EngineBridge(QObject):
         self._closing = threading.Event()
         self._tasks = TaskRunner(2, self)
         self._status_pending = False
+        self._models_asked = False
         self._followers: dict[str, threading.Thread] = {}
         self._timer = QTimer(self)
         self._timer.setInterval(poll_ms)
@@ -160,6 +163,14 @@ class EngineBridge(QObject):
     def _status_done(self, status: EngineStatus) -> None:
         self._status_pending = False
         self.status_changed.emit(status)
+        if status.running and not self._models_asked:  # once per panel: families change with installs only
+            self._models_asked = True
+            self._tasks.submit(self.client.models, done=self._models_done,
+                               failed=lambda message: setattr(self, "_models_asked", False))
+
+    def _models_done(self, catalog: dict) -> None:
+        if catalog.get("version") == MODELS_VERSION:  # a newer engine's catalog: the menu stays as it is
+            self.models_changed.emit(catalog)
 
     def _status_failed(self, message: str) -> None:
         self._status_pending = False

@@ -151,6 +151,7 @@ class Magic141Panel(QWidget):
         self.controller.clip_placed.connect(self.clip_added)
         self.controller.message.connect(self.message.show_message)
         self.bridge.status_changed.connect(self.engine_status.show_status)
+        self.bridge.models_changed.connect(self.prompt.show_models)
 
     def _shortcuts(self) -> None:
         bindings: list[tuple[tuple[str | QKeySequence.StandardKey, ...], Callable[[], object]]] = [

@@ -186,6 +186,10 @@ class PromptPanel(QWidget):
         for combo in (self.model, self.quality, self.memory, self.mode):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)  # never cut an item
             combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        # The model's names include repository ids and typed paths: the field is as wide as the longest
+        # built-in name (a longer one scrolls in it, and its list and tooltip show it whole).
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model.setMinimumContentsLength(max(map(len, BUILTIN_MODELS)))
         seed_row = QHBoxLayout()
         seed_row.setContentsMargins(0, 0, 0, 0)
         seed_row.addWidget(self.seed, 1)
@@ -222,6 +226,35 @@ class PromptPanel(QWidget):
         layout.addWidget(self.problem)
         layout.addLayout(buttons)
         layout.addStretch(1)
+
+    # The Model menu --------------------------------------------------------------------------------
+
+    def show_models(self, catalog: dict) -> None:
+        """The Model menu from the engine's catalog (``protocol.MODELS_VERSION``): the built-in models,
+        then each family's copies installed in the Hugging Face cache; each item's tooltip says what it
+        is and, for real weights, the device memory it needs per memory mode. What was typed stays."""
+        current = self.model.currentText()
+        families = {family["name"]: family for family in catalog.get("families", [])}
+        tiny = {family["tiny"]: family for family in families.values()}
+        self.model.clear()
+        for name in BUILTIN_MODELS:
+            family = tiny.get(name, families.get("hunyuan"))
+            what = "trained on the procedural world" if name == "world" else "random weights at toy size"
+            self.model.addItem(name)
+            if family is not None:
+                self._tip(self.model.count() - 1, f"{family['label']}: {what}")
+        for family in families.values():
+            for copy in family.get("installed", []):
+                self.model.addItem(copy["model"])
+                needs = ", ".join(f"{mode} {n / 2**30:.0f} GiB" for mode, n in family["needs_bytes"].items())
+                self._tip(self.model.count() - 1, f"{family['label']} ({copy['path']}); needs {needs}")
+        self.model.setCurrentText(current)
+        view = self.model.view()  # the list is as wide as its longest name
+        view.setTextElideMode(Qt.TextElideMode.ElideNone)
+        view.setMinimumWidth(view.sizeHintForColumn(0) + view.verticalScrollBar().sizeHint().width())
+
+    def _tip(self, index: int, text: str) -> None:
+        self.model.setItemData(index, text, Qt.ItemDataRole.ToolTipRole)
 
     # Reading the settings --------------------------------------------------------------------------
 

@@ -66,7 +66,8 @@ TEXT_TOKENS = {"basic": 64, "full": 96}  # per world: its longest caption is 52 
 
 
 class TextFeatures:
-    """The frozen encoders' features, computed exactly as ``conditioning.encode_magic141`` does.
+    """The frozen encoders' features, computed exactly as ``conditioning.encode_magic141`` does for the
+    world model (its ``variant="world"``).
 
     The text part depends on the caption alone and is cached per caption; the image tokens are
     computed in batches. ``embeds()`` joins them (image tokens first) as the pipeline does, which a
@@ -97,6 +98,7 @@ class TextFeatures:
                 caption,
                 self.device,
                 self.tokens,
+                variant="world",
             )
             n_image = self.image_token_count
             self._text[caption] = (full.embeds[0, n_image:], full.mask[0, n_image:], full.pooled[0])
@@ -112,16 +114,16 @@ class TextFeatures:
     @torch.no_grad()
     def images(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
         """Image tokens [N, n, D] of uint8 frames [N, H, W, 3] (the VLM's hidden states, every 4th)."""
-        from ..conditioning import HIDDEN_LAYERS_TO_SKIP, MAGIC141_IMAGE_TEMPLATE, MAGIC141_IMAGE_TOKEN_STRIDE
-
-        encoder, tokenizer = self.parts["text_encoder"], self.parts["tokenizer"]
-        image_token = encoder.config.image_token_index
-        n_patches = encoder.config.image_seq_length
-        ids = tokenizer(MAGIC141_IMAGE_TEMPLATE, return_tensors="pt").input_ids[0]
-        at = int((ids == image_token).nonzero()[0, 0])
-        ids = torch.cat([ids[:at], ids.new_full((n_patches,), image_token), ids[at + 1 :]])[None].to(
-            self.device
+        from ..conditioning import (
+            HIDDEN_LAYERS_TO_SKIP,
+            MAGIC141_IMAGE_TOKEN_STRIDE,
+            WORLD_IMAGE_TEMPLATE,
+            image_ids,
         )
+
+        encoder = self.parts["text_encoder"]
+        n_patches = encoder.config.image_seq_length
+        ids, at = image_ids(self.parts["tokenizer"], encoder, WORLD_IMAGE_TEMPLATE, self.device)
         out = []
         for start in range(0, len(frames), batch):
             chunk = [to_pil(f) for f in frames[start : start + batch]]

@@ -117,7 +117,7 @@ def _uint8(frames: torch.Tensor) -> np.ndarray:
 
 def _sampling(case: Case, steps: int, shift: float) -> dict:
     """The pipeline arguments every eval clip shares, as the engine samples: the case's size, CFG-free,
-    magic141 conditioning."""
+    the world model's conditioning."""
     height, width = case.image.shape[:2]
     return dict(
         height=height,
@@ -125,7 +125,7 @@ def _sampling(case: Case, steps: int, shift: float) -> dict:
         num_inference_steps=steps,
         shift=shift,
         guidance_scale=1.0,
-        conditioning="magic141",
+        conditioning="world",
     )
 
 
@@ -212,7 +212,7 @@ def run_long(
     image = PIL.Image.fromarray(case.image)
     fps = int(world.FPS)
     total = seconds * fps
-    embeds = pipe.encode_prompt(image, case.prompt, "magic141")
+    embeds = pipe.encode_prompt(image, case.prompt, "world")
     generator = torch.Generator("cpu").manual_seed(case.seed)
     plans = plan_windows(
         total, window_frames=window_frames, overlap_latents=overlap, multiple=pipe.frame_multiple

@@ -48,7 +48,7 @@ DEFAULTS = ("dmd2", "teacher")  # which DiT goes in transformer/
 SIDECAR = {
     "name": "world",
     "distilled": True,
-    "conditioning": "magic141",
+    "conditioning": "world",  # engine/conditioning.py: the split it was trained with
     "native_fps": str(FPS),
     "window_frames": WINDOW_FRAMES,
     "default_size": [HEIGHT, WIDTH],
