@@ -138,7 +138,7 @@ class WindowAudio:
 
     def add(self, plan: WindowPlan, sound: torch.Tensor) -> None:
         """``sound`` [channels, n]: the window's, from its first frame."""
-        sound = sound.float().expand(2, -1) if sound.shape[0] == 1 else sound.float()
+        sound = (sound.expand(2, -1) if sound.shape[0] == 1 else sound).float().clamp(-1, 1)
         at = self._sample(plan.start)
         fade = max(0, min(self.track.shape[1] - at, sound.shape[1]))
         if fade:
@@ -154,4 +154,4 @@ class WindowAudio:
 
     @property
     def samples(self):
-        return self.track[:, self.first: self.first + self.length].clamp(-1, 1).numpy()
+        return self.track[:, self.first: self.first + self.length].numpy()  # a view: read per chunk

@@ -21,7 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     extend.add_argument("--prompt", required=True)
     extend.add_argument("--seconds", type=cli_args.seconds, required=True)
     extend.add_argument("--mode", choices=MODES, default="insert")
-    extend.add_argument("--model", default=DEFAULT_MODEL, help="world (default), tiny, or a model path")
+    extend.add_argument("--model", default=DEFAULT_MODEL,
+                        help="world (default); tiny, tiny-wan, tiny-hv15, tiny-ltx2; a model folder, a "
+                             "repository id in the Hugging Face cache, or a DiT checkpoint")
     extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
     extend.add_argument("--steps", type=cli_args.positive("steps"))
     extend.add_argument("--seed", type=cli_args.seed, default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -65,13 +66,18 @@ def test_the_queue_runs_every_family_and_refuses_magic141_conditioning(tmp_path,
     assert refused.state == JobState.FAILED and refused.field == "conditioning"
 
 
+def save_folder(folder: Path, name: str, **changes) -> Path:
+    """The tiny model of family ``name`` saved as a diffusers folder (components replaced by ``changes``)."""
+    import diffusers
+
+    family = FAMILIES[name]
+    getattr(diffusers, family.pipeline)(**family.build_tiny() | changes).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def wan_folder(tmp_path_factory):
-    from diffusers import WanImageToVideoPipeline
-
-    folder = tmp_path_factory.mktemp("models") / "Wan2.2-I2V-tiny"
-    WanImageToVideoPipeline(**FAMILIES["wan"].build_tiny()).save_pretrained(folder)
-    return folder
+    return save_folder(tmp_path_factory.mktemp("models") / "Wan2.2-I2V-tiny", "wan")
 
 
 def first_window(model: str, tmp_path: Path) -> torch.Tensor:
@@ -82,12 +88,18 @@ def first_window(model: str, tmp_path: Path) -> torch.Tensor:
     return torch.from_numpy(media.read_frames(out))
 
 
-def test_a_family_folder_loads_as_its_family_with_its_weights(tmp_path, wan_folder):
-    loaded = load_model(str(wan_folder))
-    assert loaded.info.family == "wan" and loaded.info.native_fps == 16
-    assert loaded.info.default_steps == FAMILIES["wan"].base.steps  # a folder holds base weights
-    assert loaded.components["boundary_ratio"] == 0.875  # a config value, kept
-    assert torch.equal(first_window(str(wan_folder), tmp_path), first_window("tiny-wan", tmp_path))
+@pytest.mark.parametrize("name", [name for name in FAMILIES if name != "hunyuan"])
+def test_a_family_folder_loads_as_its_family_with_its_weights(tmp_path, name):
+    family = FAMILIES[name]
+    folder = save_folder(tmp_path / name, name)
+    loaded = load_model(str(folder))
+    assert loaded.info.family == name and loaded.info.native_fps == family.native_fps
+    assert loaded.info.default_steps == family.base.steps  # a folder holds base weights
+    assert torch.equal(first_window(str(folder), tmp_path), first_window(family.tiny_name, tmp_path))
+
+
+def test_a_config_value_of_the_pipeline_is_kept(wan_folder):
+    assert load_model(str(wan_folder)).components["boundary_ratio"] == 0.875  # Wan 2.2's two experts
 
 
 def test_a_missing_or_wrong_file_is_named(tmp_path, wan_folder):
@@ -101,15 +113,21 @@ def test_a_missing_or_wrong_file_is_named(tmp_path, wan_folder):
     (broken / "scheduler" / "scheduler_config.json").unlink()
     with pytest.raises(CheckpointError, match="scheduler/scheduler_config.json is missing"):
         load_model(str(broken))
-    shutil.rmtree(broken)
-    shutil.copytree(wan_folder, broken)  # a VAE of another Wan model (8 latent channels)
-    config = json.loads((broken / "vae" / "config.json").read_text())
-    from diffusers import AutoencoderKLWan
 
-    config = {k: v for k, v in config.items() if not k.startswith("_")}
-    AutoencoderKLWan(**config | {"z_dim": 8}).save_pretrained(broken / "vae")
-    with pytest.raises(CheckpointError, match="vae/config.json: z_dim 8 needs a transformer of 20 input"):
-        load_model(str(broken))
+
+@pytest.mark.parametrize("name,component,change,message", [
+    ("wan", "vae", {"z_dim": 8}, "vae/config.json: z_dim is 8, the other components need 16"),
+    ("hv15", "vae", {"latent_channels": 16},
+     "vae/config.json: latent_channels is 16, the other components need 32"),
+    ("ltx2", "vae", {"latent_channels": 64},
+     "vae/config.json: latent_channels is 64, the other components need 128"),
+])
+def test_a_component_of_another_model_is_named(tmp_path, name, component, change, message):
+    module = FAMILIES[name].build_tiny()[component]
+    config = {k: v for k, v in module.config.items() if not k.startswith("_")}
+    folder = save_folder(tmp_path / name, name, **{component: type(module)(**config | change)})
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_model(str(folder))
 
 
 def test_a_folder_of_another_pipeline_lists_what_runs(tmp_path, wan_folder):

@@ -184,3 +184,19 @@ def test_colour_anchor_pulls_a_drifted_window_back():
     assert torch.allclose(fixed.mean((0, 1, 2)), first.mean((0, 1, 2)), atol=1e-3)
     assert torch.allclose(fixed.std((0, 1, 2)), first.std((0, 1, 2)), atol=1e-3)
     assert torch.equal(ColourAnchor(first, strength=0.0).apply(drifted), drifted)
+
+
+def test_window_sound_is_placed_at_each_window_cross_faded_and_cut_to_the_clip():
+    from magic141.engine.window import WindowAudio, WindowPlan
+
+    rate, fps = 1000, Fraction(10)  # 100 samples per native frame
+    track = WindowAudio(rate, fps, start=0.1, length=1500)  # from the second frame, 1.5 s
+    track.add(WindowPlan(1, 9, 1, 0, 0), torch.full((1, 900), 0.5))  # mono: written on both channels
+    track.add(WindowPlan(2, 9, 5, 4, 5), torch.full((2, 900), -0.5))  # starts at frame 4, over 4..8
+    track.finish()
+    sound = track.samples
+    assert sound.shape == (2, 1500) and track.layout == "stereo"
+    assert (sound[:, :300] == 0.5).all()  # frames 1-3: the first window's alone
+    fade = sound[0, 300:800]  # frames 4-8: both, from the first to the second
+    assert fade[0] > 0.49 and fade[-1] < -0.49 and (np.diff(fade) < 0).all()
+    assert (sound[:, 800:1200] == -0.5).all() and (sound[:, 1200:] == 0).all()  # then silence to the end

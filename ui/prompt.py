@@ -147,8 +147,9 @@ class PromptPanel(QWidget):
         self.model = QComboBox(self)
         self.model.setEditable(True)
         self.model.addItems(list(BUILTIN_MODELS))
-        self.model.setToolTip("a built-in model (world: trained on the procedural world; tiny: random), "
-                              "or the folder or file of a local model")
+        self.model.setToolTip("a built-in model (world: trained on the procedural world; tiny, tiny-wan, "
+                              "tiny-hv15, tiny-ltx2: random), a model folder or file, or a repository id "
+                              "in the Hugging Face cache")
         self.quality = QComboBox(self)
         self.quality.addItems(list(QUALITY_PRESETS))
         self.memory = QComboBox(self)

@@ -145,6 +145,12 @@ class WindowMixin:
 
 
 
+def misfit(checks: list[tuple[str, str, int, int]]) -> str | None:
+    """The first of ``(file, what, value, expected)`` whose value is not as expected, in words."""
+    return next((f"{file}: {what} is {value}, the other components need {expected}"
+                 for file, what, value, expected in checks if value != expected), None)
+
+
 def check_placement(offload: bool, group_offload: bool) -> None:
     if offload and group_offload:
         raise InvalidInput("offload and group offload are two placements of the DiT; choose one",

@@ -45,7 +45,7 @@ from magic141.errors import InvalidInput
 
 from ..tiny import seeded
 from ..tiny_tokenizer import byte_tokenizer
-from .base import Family, Geometry, Sampling, WindowMixin, on_meta
+from .base import Family, Geometry, Sampling, WindowMixin, misfit, on_meta
 from .wan import with_shift
 
 # The real 480p I2V model (diffusers' scripts/convert_hunyuan_video1_5_to_diffusers.py, "480p_i2v"):
@@ -209,6 +209,21 @@ def _window_class() -> type:
     return HV15WindowPipeline
 
 
+def mismatch(parts: dict) -> str | None:
+    """Components of different models: the VAE's channels and the encoders' widths the DiT was made for."""
+    transformer = parts["transformer"].config
+    return misfit([
+        ("vae/config.json", "latent_channels", parts["vae"].config.latent_channels,
+         (transformer.in_channels - 1) // 2),
+        ("text_encoder/config.json", "hidden_size", parts["text_encoder"].config.hidden_size,
+         transformer.text_embed_dim),
+        ("text_encoder_2/config.json", "d_model", parts["text_encoder_2"].config.d_model,
+         transformer.text_embed_2_dim),
+        ("image_encoder/config.json", "hidden_size", parts["image_encoder"].config.hidden_size,
+         transformer.image_embed_dim),
+    ])
+
+
 def geometry(parts: dict) -> Geometry:
     config, vae = parts["transformer"].config, parts["vae"].config
     return Geometry(hidden=config.num_attention_heads * config.attention_head_dim,
@@ -261,6 +276,7 @@ HV15 = Family(
     build_tiny=tiny_hv15_components,
     build_real=real_components,
     tiny_name="tiny-hv15",
+    mismatch=mismatch,
     folder="a diffusers folder of hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-480p_i2v "
            "(model_index.json, transformer/, vae/, text_encoder/ (Qwen2.5-VL-7B), tokenizer/, "
            "text_encoder_2/ (glyph ByT5), tokenizer_2/, image_encoder/ (SigLIP), feature_extractor/, "

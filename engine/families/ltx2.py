@@ -31,7 +31,7 @@ from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Tex
 
 from ..tiny import seeded
 from ..tiny_tokenizer import byte_tokenizer
-from .base import Family, Geometry, Sampling, WindowMixin, on_meta
+from .base import Family, Geometry, Sampling, WindowMixin, misfit, on_meta
 
 MAX_SEQUENCE_LENGTH = 1024  # LTX2ImageToVideoPipeline.__call__'s default: every prompt is padded to it
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>",
@@ -216,6 +216,19 @@ def _window_class() -> type:
     return LTX2WindowPipeline
 
 
+def mismatch(parts: dict) -> str | None:
+    """Components of different models: the VAE's channels and the text width the DiT was made for."""
+    transformer = parts["transformer"].config
+    text = parts["text_encoder"].config
+    return misfit([
+        ("vae/config.json", "latent_channels", parts["vae"].config.latent_channels, transformer.in_channels),
+        ("text_encoder/config.json", "hidden_size", getattr(text, "text_config", text).hidden_size,
+         transformer.caption_channels),
+        ("connectors/config.json", "caption_channels", parts["connectors"].config.caption_channels,
+         transformer.caption_channels),
+    ])
+
+
 def geometry(parts: dict) -> Geometry:
     config, vae = parts["transformer"].config, parts["vae"]
     return Geometry(hidden=config.num_attention_heads * config.attention_head_dim,
@@ -263,6 +276,7 @@ LTX2 = Family(
     build_tiny=tiny_ltx2_components,
     build_real=real_components,
     tiny_name="tiny-ltx2",
+    mismatch=mismatch,
     folder="a diffusers folder of Lightricks/LTX-2 (model_index.json, transformer/, vae/, audio_vae/, "
            "vocoder/, connectors/, text_encoder/ (Gemma 3 12B), tokenizer/, scheduler/); LTX-2.3 folders "
            "are the same with a bandwidth-extending vocoder at 48 kHz",

@@ -24,7 +24,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from ..tiny import seeded
 from ..tiny_tokenizer import byte_tokenizer
-from .base import Family, Geometry, Sampling, WindowMixin, on_meta
+from .base import Family, Geometry, Sampling, WindowMixin, misfit, on_meta
 
 TINY_TEXT_DIM = 32
 TINY_Z_DIM = 16  # Wan 2.1/2.2 A14B's VAE: 16 latent channels, 4x in time, 8x in space
@@ -121,13 +121,14 @@ def _shape(config) -> dict:
 def mismatch(parts: dict) -> str | None:
     """Components of different Wan models (a 2.1 VAE beside a 2.2 TI2V transformer, say)."""
     transformer, vae = parts["transformer"].config, parts["vae"].config
-    channels = vae.z_dim if parts.get("expand_timesteps") else 2 * vae.z_dim + 4
-    if transformer.in_channels != channels:
-        return (f"vae/config.json: z_dim {vae.z_dim} needs a transformer of {channels} input channels; "
-                f"transformer/config.json has {transformer.in_channels}")
-    if transformer.text_dim != parts["text_encoder"].config.d_model:
-        return (f"text_encoder/config.json: d_model {parts['text_encoder'].config.d_model} does not fit "
-                f"transformer/config.json's text_dim {transformer.text_dim}")
+    # 2.1 and 2.2 A14B: noise, a 4-channel mask and the condition latents; 2.2 TI2V-5B: the latents alone.
+    z_dim = transformer.in_channels if parts.get("expand_timesteps") else (transformer.in_channels - 4) // 2
+    problem = misfit([
+        ("vae/config.json", "z_dim", vae.z_dim, z_dim),
+        ("text_encoder/config.json", "d_model", parts["text_encoder"].config.d_model, transformer.text_dim),
+    ])
+    if problem is not None:
+        return problem
     second = parts.get("transformer_2")
     if second is not None and _shape(second.config) != _shape(transformer):
         return "transformer_2/config.json differs from transformer/config.json (two experts of one model)"
