@@ -48,14 +48,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_lora_option(parser) -> None:
-    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", type=_lora,
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE][@transformer_2]",
+                        type=_lora,
                         help="a .safetensors LoRA fused into the weights, e.g. a 4-step distillation LoRA "
-                             "(repeatable; scale default 1)")
+                             "(repeatable; scale default 1; @transformer_2: into Wan 2.2's low-noise expert)")
 
 
 def spec_loras(args: argparse.Namespace) -> tuple[tuple[str, float], ...]:
     """``--lora`` as a job spec's ``loras``."""
-    return tuple((lora.path, lora.scale) for lora in args.lora)
+    return tuple((lora.path, lora.scale, lora.into) for lora in args.lora)
 
 
 def _lora(text: str):

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from magic141.errors import InvalidInput
+from magic141.protocol import LORA_TARGETS
 
 if TYPE_CHECKING:
     import torch
 
 LORA_SUFFIX = ".safetensors"
+TARGETS = LORA_TARGETS
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -26,10 +28,17 @@ _A, _B = ".lora_A.weight", ".lora_B.weight"
 class Lora:
     path: str  # absolute
     scale: float = 1.0
+    into: str = "transformer"  # one of TARGETS
 
     @classmethod
     def parse(cls, text: str) -> Lora:
-        """``PATH`` or ``PATH:SCALE`` (the scale after the last colon, when it is a number)."""
+        """``PATH[:SCALE][@transformer_2]``: the scale after the last colon when it is a number; after
+        an ``@``, the expert it goes into (Wan 2.2 A14B's distillation LoRAs come as a high-noise file for
+        ``transformer`` and a low-noise one for ``transformer_2``)."""
+        into = "transformer"
+        head, at, tail = text.rpartition("@")
+        if at and head and tail in TARGETS:
+            text, into = head, tail
         path, scale = text, 1.0
         head, sep, tail = text.rpartition(":")
         if sep and head:
@@ -37,19 +46,21 @@ class Lora:
                 path, scale = head, float(tail)
             except ValueError:
                 pass
-        return cls.checked(path, scale)
+        return cls.checked(path, scale, into)
 
     @classmethod
-    def checked(cls, path: str, scale: float = 1.0) -> Lora:
+    def checked(cls, path: str, scale: float = 1.0, into: str = "transformer") -> Lora:
         """A LoRA file that exists and is safetensors (a pickle LoRA is never loaded)."""
         if not Path(path).expanduser().is_file():
             raise InvalidInput(f"{path} does not exist", field="lora")
         if not path.endswith(LORA_SUFFIX):
             raise InvalidInput(f"{path} is not a {LORA_SUFFIX} file", field="lora")
-        return cls(str(Path(path).expanduser().resolve()), scale)
+        if into not in TARGETS:
+            raise InvalidInput(f"goes into one of {', '.join(TARGETS)}, not {into!r}", field="lora")
+        return cls(str(Path(path).expanduser().resolve()), scale, into)
 
     def to_json(self) -> dict:
-        return {"path": self.path, "scale": self.scale}
+        return {"path": self.path, "scale": self.scale, "into": self.into}
 
 
 def _loader(pipeline_class_name: str, parts: dict):
@@ -65,16 +76,19 @@ def _loader(pipeline_class_name: str, parts: dict):
 
 def check_fits(lora: Lora, state: dict[str, torch.Tensor], modules: dict[str, torch.nn.Module],
                label: str) -> None:
-    """Every LoRA layer names a linear layer of ``modules`` (by component) with the LoRA's widths."""
+    """Every LoRA layer names a linear layer of the module it goes into with the LoRA's widths (its
+    keys say ``transformer.``; one for ``transformer_2`` is checked against that expert)."""
     import torch
 
+    if lora.into not in modules:
+        raise InvalidInput(f"{lora.path} goes into {lora.into}, which this {label} has not", field="lora")
     layers = sorted({key[: -len(_A)] for key in state if key.endswith(_A)})
     if not layers:
         raise InvalidInput(f"{lora.path} holds no LoRA layers (no '*{_A}' weights)", field="lora")
     misfits = []
     for layer in layers:
         component, _, name = layer.partition(".")
-        target = modules.get(component)
+        target = modules.get(lora.into if component == "transformer" else component)
         module = dict(target.named_modules()).get(name) if target is not None else None
         a, b = state[layer + _A], state.get(layer + _B)
         fits = (isinstance(module, torch.nn.Linear) and b is not None and a.shape[1] == module.in_features
@@ -92,16 +106,15 @@ def apply_loras(loras: list[Lora], pipeline_class_name: str, parts: dict, label:
         return
     pipeline_class, names = _loader(pipeline_class_name, parts)
     modules = {name: parts[name] for name in names}
-    targets: set[str] = set()
     for lora in loras:
         state = pipeline_class.lora_state_dict(lora.path, use_safetensors=True)
-        state = state[0] if isinstance(state, tuple) else state
-        check_fits(lora, state, modules, label)
-        targets |= {key.partition(".")[0] for key in state}
+        check_fits(lora, state[0] if isinstance(state, tuple) else state, modules, label)
+    targets = {lora.into for lora in loras}
     host = pipeline_class(**parts)
     adapters = [f"lora_{i}" for i in range(len(loras))]
     for lora, adapter in zip(loras, adapters, strict=True):
-        host.load_lora_weights(lora.path, adapter_name=adapter)
+        into = {"load_into_transformer_2": True} if lora.into == "transformer_2" else {}
+        host.load_lora_weights(lora.path, adapter_name=adapter, **into)
     host.set_adapters(adapters, [lora.scale for lora in loras])
     host.fuse_lora(components=sorted(targets), adapter_names=adapters)
     host.unload_lora_weights()

@@ -99,7 +99,7 @@ class JobRunner:
         if self._engine is None or key != self._engine_key:
             self._engine = None  # one model at a time: free the old one before loading the next
             self._engine_key = None
-            loras = [Lora.checked(path, scale) for path, scale in spec.loras]
+            loras = [Lora.checked(*lora) for lora in spec.loras]
             self._engine = Engine.load(spec.model, device=self.device, quant=spec.quant, loras=loras)
             self._engine_key = key
         return self._engine

@@ -53,7 +53,7 @@ from .rational import parse_rate, parse_rational, rational_text
 SPEC_VERSION = 4  # 2: color_match and match_source; 3: ambience; 4: loras (older specs read as they meant)
 RESULT_VERSION = 1  # unversioned results (before 0.2) are version 0: fps was written "24/1"
 EVENT_VERSION = 1
-CLIP_RECORD_VERSION = 2  # 2: native_size, color_match, ambience and handles
+CLIP_RECORD_VERSION = 3  # 2: native_size, color_match, ambience and handles; 3: family and loras
 EXTEND_REPORT_VERSION = 1  # what ``magic141 extend --json`` prints
 SERVICE_FILE_VERSION = 1
 MODELS_VERSION = 1  # GET /v1/models and ``magic141 info --families --json``: engine.families.catalog
@@ -69,6 +69,7 @@ SIZE_MULTIPLE = 16  # height and width in a spec; a model may need a coarser mul
 # Built into the engine; any other model is a path, or a repository id found in the Hugging Face cache.
 BUILTIN_MODELS = ("world", "tiny", "tiny-wan", "tiny-hv15", "tiny-ltx2")
 DEFAULT_MODEL = "world"  # trained on the procedural world (resources/world); "tiny" is random weights
+LORA_TARGETS = ("transformer", "transformer_2")  # a LoRA goes into the DiT, or Wan 2.2's second expert
 CONDITIONINGS = ("magic141", "diffusers", "world")  # engine/conditioning.py says what each is
 
 
@@ -188,21 +189,24 @@ _EVENT_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 # Field readers (each error names its field) ---------------------------------------------------------
 
 
-def _loras(data: dict) -> tuple[tuple[str, float], ...]:
+def _loras(data: dict) -> tuple[tuple[str, float, str], ...]:
     raw = data.get("loras", [])
     if not isinstance(raw, list):
-        raise InvalidInput(f"must be a list of {{path, scale}}, got {raw!r}", field="loras")
+        raise InvalidInput(f"must be a list of {{path, scale, into}}, got {raw!r}", field="loras")
     loras = []
     for item in raw:
-        if not isinstance(item, dict) or set(item) - {"path", "scale"}:
-            raise InvalidInput(f"must be {{path, scale}} objects, got {item!r}", field="loras")
+        if not isinstance(item, dict) or set(item) - {"path", "scale", "into"}:
+            raise InvalidInput(f"must be {{path, scale, into}} objects, got {item!r}", field="loras")
         path = _absolute_path(item.get("path"), "loras.path")
         if not path.endswith(".safetensors"):
             raise InvalidInput(f"must be a .safetensors file, got {path!r}", field="loras.path")
         scale = item.get("scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not abs(scale) <= 100:
             raise InvalidInput(f"must be a number from -100 to 100, got {scale!r}", field="loras.scale")
-        loras.append((path, float(scale)))
+        into = item.get("into", "transformer")
+        if into not in LORA_TARGETS:
+            raise InvalidInput(f"must be one of {', '.join(LORA_TARGETS)}, got {into!r}", field="loras.into")
+        loras.append((path, float(scale), into))
     return tuple(loras)
 
 
@@ -350,8 +354,9 @@ class JobSpec:
     # The most seconds of sound under a clip continued from a video with sound: its ambience, carried on
     # (0: video only). At most MAX_AMBIENCE_SECONDS.
     ambience: float = DEFAULT_AMBIENCE_SECONDS
-    # LoRAs fused into the model's weights, as (absolute path of a .safetensors file, scale).
-    loras: tuple[tuple[str, float], ...] = ()
+    # LoRAs fused into the model's weights, as (absolute path of a .safetensors file, scale, the
+    # component it goes into: "transformer", or Wan 2.2's low-noise expert "transformer_2").
+    loras: tuple[tuple[str, float, str], ...] = ()
 
     def __post_init__(self) -> None:
         # One validation for every way in: built in code or read from JSON.
@@ -418,7 +423,7 @@ class JobSpec:
         data = asdict(self)
         data.update(version=SPEC_VERSION, source=self.source.to_json(), seconds=rational_text(self.seconds),
                     fps=rational_text(self.fps),
-                    loras=[{"path": path, "scale": scale} for path, scale in self.loras])
+                    loras=[{"path": path, "scale": scale, "into": into} for path, scale, into in self.loras])
         return data
 
     def replace(self, **changes: Any) -> JobSpec:
@@ -601,5 +606,7 @@ def clip_record(job_id: str, spec: JobSpec, result: JobResult, *, source_clip: s
         "native_size": native if all(isinstance(n, int) for n in native) else None,
         "color_match": result.settings.get("color_match", spec.color_match),
         "ambience": result.settings.get("ambience"),  # what the media's sound is, or why it has none
+        "family": result.settings.get("family"),  # which model family made it (engine/families)
+        "loras": [{"path": path, "scale": scale, "into": into} for path, scale, into in spec.loras],
         **extra,
     }

@@ -8,6 +8,7 @@ import argparse
 def register(commands: argparse._SubParsersAction) -> None:
     from magic141 import cli_args
     from magic141.cli_args import QUANT_CHOICES
+    from magic141.engine.cli import add_lora_option
     from magic141.protocol import CODECS, DEFAULT_AMBIENCE_SECONDS, DEFAULT_MODEL
 
     from .edits import MODES
@@ -25,6 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="world (default); tiny, tiny-wan, tiny-hv15, tiny-ltx2; a model folder, a "
                              "repository id in the Hugging Face cache, or a DiT checkpoint")
     extend.add_argument("--quant", choices=QUANT_CHOICES, default="none")
+    add_lora_option(extend)
     extend.add_argument("--steps", type=cli_args.positive("steps"))
     extend.add_argument("--seed", type=cli_args.seed, default=0)
     colour = extend.add_mutually_exclusive_group()
@@ -53,6 +55,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_extend(args: argparse.Namespace) -> int:
+    from magic141.engine.cli import spec_loras
     from magic141.errors import JobCancelled, Magic141Error
     from magic141.protocol import JobResult, JobSpec, JobState
 
@@ -79,7 +82,8 @@ def run_extend(args: argparse.Namespace) -> int:
     result = extend_clip(args.timeline, args.clip, prompt=args.prompt, seconds=args.seconds, run_job=run_job,
                          at=args.at, mode=args.mode, out=args.out, seed=args.seed, model=args.model,
                          quant=args.quant, steps=args.steps, color_match=args.color_match,
-                         ambience=args.ambience, handles=args.handles, codec=args.codec)
+                         ambience=args.ambience, handles=args.handles, codec=args.codec,
+                         loras=spec_loras(args))
     if args.json:
         import json
 

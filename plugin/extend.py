@@ -95,7 +95,8 @@ def seam_scores(ref: tl.ClipRef, frame: int, media: Path, placed_frame: int, rat
 def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fraction, rate: Fraction,
              media_dir: Path, job_id: str, seed: int = 0, model: str = DEFAULT_MODEL, quant: str = "none",
              steps: int | None = None, codec: str | None = None, color_match: float = 1.0,
-             ambience: float = DEFAULT_AMBIENCE_SECONDS, handles: int = 0) -> JobSpec:
+             ambience: float = DEFAULT_AMBIENCE_SECONDS, handles: int = 0,
+             loras: tuple[tuple[str, float, str], ...] = ()) -> JobSpec:
     """The engine job that continues ``ref`` after ``frame`` at the timeline's rate, or (frame None)
     makes a clip from the prompt alone to go after ``ref``. ``codec`` None: ProRes 422 HQ (10-bit) when
     the source is more than 8-bit, H.264 otherwise.
@@ -127,7 +128,7 @@ def job_spec(ref: tl.ClipRef, frame: int | None, *, prompt: str, seconds: Fracti
         source=source, prompt=prompt, seconds=seconds, fps=rate, seed=seed, model=model_field(model),
         quant=quant, steps=steps, codec=codec, output_dir=str(media_dir.resolve()),
         output_name=output_name(ref.name, kind, job_id, codec), color_match=color_match,
-        ambience=ambience,
+        ambience=ambience, loras=loras,
     )
 
 
@@ -149,6 +150,7 @@ def extend_clip(
     ambience: float = DEFAULT_AMBIENCE_SECONDS,
     handles: int = 0,
     codec: str | None = None,
+    loras: tuple[tuple[str, float, str], ...] = (),
 ) -> ExtendResult:
     """Everything after the editor's choices: check them, run the job, edit and save the timeline."""
     if mode not in edits.MODES:
@@ -162,7 +164,7 @@ def extend_clip(
     spec = job_spec(ref, frame, prompt=prompt, seconds=seconds, rate=doc.rate,
                     media_dir=media_dir_for(out), job_id=job_id, seed=seed, model=model,
                     quant=quant, steps=steps, color_match=color_match, ambience=ambience,
-                    handles=handles, codec=codec)
+                    handles=handles, codec=codec, loras=loras)
     result = run_job(job_id, spec)
     metadata = clip_record(job_id, spec, result, source_clip=ref.name, source_frame=frame, handles=handles)
     new_clip = edits.add_generated_clip(doc, ref, Path(result.path), result.frames, doc.rate, metadata, mode,

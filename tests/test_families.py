@@ -181,6 +181,28 @@ def test_a_lora_is_fused_at_its_scale(tmp_path):
     assert Lora.parse(str(lora)).scale == 1.0
 
 
+def test_wan_2_2_takes_a_lora_for_each_expert(tmp_path, capsys):
+    """Wan 2.2 A14B's 4-step LoRAs come in two files: the high-noise one for ``transformer``, the
+    low-noise one for ``transformer_2``."""
+    from magic141.cli import main
+
+    lora = make_lora(tmp_path, FAMILIES["wan"].build_tiny(), "WanImageToVideoPipeline")
+    plain = Engine.load("tiny-wan").model.components
+    fused = Engine.load("tiny-wan", loras=[Lora.parse(f"{lora}:1@transformer_2")]).model.components
+
+    def weight(parts, name):
+        return parts[name].blocks[0].attn1.to_q.weight
+
+    assert torch.equal(weight(fused, "transformer"), weight(plain, "transformer"))
+    assert not torch.equal(weight(fused, "transformer_2"), weight(plain, "transformer_2"))
+    status = main(["info", "--model", "tiny", "--lora", f"{lora}@transformer_2"])
+    assert status != 0
+    assert "goes into transformer_2, which this HunyuanVideo-I2V-33ch" in capsys.readouterr().err
+    status = main(["info", "--model", "tiny-hv15", "--lora", str(lora)])  # diffusers has no loader for it
+    assert status != 0
+    assert "loads no LoRAs into a HunyuanVideo15ImageToVideoPipeline" in capsys.readouterr().err
+
+
 def test_a_lora_for_another_model_fails_in_one_line(tmp_path, capsys):
     from magic141.cli import main
 
@@ -195,10 +217,15 @@ def test_a_lora_for_another_model_fails_in_one_line(tmp_path, capsys):
 
 
 def test_a_spec_carries_its_loras(tmp_path):
-    spec = job(tmp_path, "tiny-wan", loras=(("/loras/lightx2v_4step.safetensors", 1.0),))
+    spec = job(tmp_path, "tiny-wan", loras=(("/loras/high_noise.safetensors", 1.0, "transformer"),
+                                            ("/loras/low_noise.safetensors", 1.0, "transformer_2")))
     assert JobSpec.from_json(spec.to_json()).loras == spec.loras
     with pytest.raises(InvalidInput, match="loras.path"):
         JobSpec.from_json({**spec.to_json(), "loras": [{"path": "/x/lora.ckpt", "scale": 1}]})
+    with pytest.raises(InvalidInput, match="loras.into"):
+        JobSpec.from_json({**spec.to_json(), "loras": [{"path": "/x/l.safetensors", "into": "vae"}]})
+    assert JobSpec.from_json({**spec.to_json(), "loras": [{"path": "/x/l.safetensors"}]}).loras == (
+        ("/x/l.safetensors", 1.0, "transformer"),)
     old = {k: v for k, v in spec.to_json().items() if k != "loras"} | {"version": 3}
     assert JobSpec.from_json(old).loras == ()
 
@@ -228,7 +255,28 @@ def test_a_queued_job_runs_with_its_lora_and_says_so(tmp_path):
         "queue", "add", "--model", "tiny-wan", "--lora", f"{lora}:0.5", "--prompt", "a ball",
         "--image", str(SAMPLE_IMAGE), "--seconds", "1/2", "--out", str(tmp_path / "q.mp4")])
     spec = spec_from_args(args)
-    assert spec.loras == ((str(lora), 0.5),)
+    assert spec.loras == ((str(lora), 0.5, "transformer"),)
     done = JobRunner("cpu", previews=False).execute("q", JobSpec.from_json(spec.to_json()))
     assert done.state == JobState.DONE, done.reason
-    assert done.result.settings["loras"] == [{"path": str(lora), "scale": 0.5}]
+    assert done.result.settings["loras"] == [{"path": str(lora), "scale": 0.5, "into": "transformer"}]
+
+
+def test_extend_runs_with_a_lora_and_the_clip_remembers_it(tmp_path, capsys):
+    """``magic141 extend --model tiny-wan --lora ...`` on the world sample: the placed clip's record says
+    the family and the LoRA, so it can be redone."""
+    import opentimelineio as otio
+
+    from magic141.cli import main
+    from magic141.engine.train import sample
+
+    lora = make_lora(tmp_path, FAMILIES["wan"].build_tiny(), "WanImageToVideoPipeline")
+    timeline = sample.write_sample(tmp_path / "sample")
+    out = tmp_path / "out" / "extended.otio"
+    status = main(["extend", str(timeline), "--clip", "Ball", "--prompt", "the ball rolls on",
+                   "--seconds", "1/2", "--model", "tiny-wan", "--lora", f"{lora}:0.5", "--out", str(out)])
+    assert status == 0, capsys.readouterr().err[-2000:]
+    placed = [c for c in otio.adapters.read_from_file(str(out)).find_clips() if "magic141" in c.metadata]
+    record = placed[0].metadata["magic141"]
+    assert record["family"] == "wan" and record["model"] == "tiny-wan"
+    assert [dict(item) for item in record["loras"]] == [{"path": str(lora), "scale": 0.5,
+                                                          "into": "transformer"}]

@@ -249,10 +249,11 @@ def test_extend_places_the_result_with_its_clip_record_and_refuses_a_bad_mode(tm
     assert spec.output_dir == str((tmp_path / "out_magic141").resolve())
     saved = tl.open_timeline(done.timeline)
     record = dict(tl.find_clip(saved, "B ext").clip.metadata["magic141"])
+    assert list(record.pop("loras")) == []  # an OTIO list
     assert record == {"version": CLIP_RECORD_VERSION, "job_id": done.job_id, "prompt": "the bar keeps moving",
                       "seed": 9, "model": "tiny", "quant": "none", "steps": 4, "source_clip": "B",
                       "source_frame": 2, "source_time": "11/12", "seconds": "1/4", "native_size": None,
-                      "color_match": 1.0, "ambience": None, "handles": 0}
+                      "color_match": 1.0, "ambience": None, "family": None, "handles": 0}
     with pytest.raises(InvalidInput) as caught:
         extend_clip(path, "B", prompt="x", seconds=Fraction(1), run_job=run_job, mode="sideways")
     assert caught.value.field == "mode" and "--" not in caught.value.message
