@@ -67,7 +67,11 @@ def setup(device: str | None = None, threads: int | None = None) -> Dist:
 
 
 def teardown() -> None:
+    """Leave the process group together: every rank waits for the others (rank 0 may still be writing
+    the last checkpoint) before it is destroyed. A rank destroying a gloo group while another still
+    used it hung the two-process CI test at exit under load (its training had finished)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
