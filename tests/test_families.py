@@ -280,3 +280,15 @@ def test_extend_runs_with_a_lora_and_the_clip_remembers_it(tmp_path, capsys):
     assert record["family"] == "wan" and record["model"] == "tiny-wan"
     assert [dict(item) for item in record["loras"]] == [{"path": str(lora), "scale": 0.5,
                                                           "into": "transformer"}]
+
+
+@pytest.mark.parametrize("model", NEW_FAMILIES)
+def test_every_family_runs_with_int8_weights_in_each_of_its_dits(tmp_path, model):
+    from magic141.engine.quant import is_quantized
+
+    engine = Engine.load(model, quant="int8")
+    parts = engine.model.components
+    dits = [parts[name] for name in engine.family.dits if parts.get(name) is not None]
+    assert dits and all(is_quantized(dit) for dit in dits)
+    result = engine.generate(job(tmp_path, model, Fraction(1, 2)), tmp_path / "int8.mp4")
+    assert result.settings["quant"] == "int8" and media.probe_video(result.path).frames == 12
