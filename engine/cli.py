@@ -26,9 +26,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=DEFAULT_MODEL,
                        help="world (default); tiny, tiny-wan, tiny-hv15, tiny-ltx2 (random weights); a "
-                            "diffusers "
-                            "folder of any family, or its repository id in the Hugging Face cache; or a DiT "
-                            "checkpoint file")
+                            "diffusers folder of any family, or its repository id in the Hugging Face cache; "
+                            "or a DiT checkpoint file")
     group.add_argument("--components",
                        help="for a single-file checkpoint: where the VAE and text encoders are")
     group.add_argument(
@@ -54,9 +53,9 @@ def add_lora_option(parser) -> None:
                              "(repeatable; scale default 1; @transformer_2: into Wan 2.2's low-noise expert)")
 
 
-def spec_loras(args: argparse.Namespace) -> tuple[tuple[str, float], ...]:
+def spec_loras(args: argparse.Namespace) -> tuple[tuple[str, float, str], ...]:
     """``--lora`` as a job spec's ``loras``."""
-    return tuple((lora.path, lora.scale, lora.into) for lora in args.lora)
+    return tuple(lora.spec for lora in args.lora)
 
 
 def _lora(text: str):
@@ -153,7 +152,6 @@ def _load_engine(args: argparse.Namespace, t2i: str | None = None) -> Engine:
 
     return Engine.load(args.model, t2i=t2i, loras=args.lora,
                        **{name: getattr(args, name) for name in ENGINE_OPTIONS})
-
 
 
 def job_spec(args: argparse.Namespace) -> JobSpec:

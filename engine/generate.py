@@ -18,7 +18,7 @@ import PIL.Image
 import torch
 
 from magic141.errors import InvalidInput
-from magic141.protocol import CONDITIONINGS, JobResult, JobSpec
+from magic141.protocol import CONDITIONINGS, JobResult, JobSpec, loras_json
 from magic141.rational import frame_count, rational_text
 
 from . import ambience, media, seam
@@ -398,7 +398,7 @@ class Engine:
             "ambience_frames": 0 if sound is None else round(sound.samples.shape[1] * spec.fps / sound.rate),
             "family": self.family.name,
             "weights": info.weights,
-            "loras": [lora.to_json() for lora in self.loras],
+            "loras": loras_json(lora.spec for lora in self.loras),
             "seconds": rational_text(spec.seconds),
             "native_frames": native,
             "window_overlap": spec.window_overlap,

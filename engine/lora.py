@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import torch
 
 LORA_SUFFIX = ".safetensors"
-TARGETS = LORA_TARGETS
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -28,7 +27,7 @@ _A, _B = ".lora_A.weight", ".lora_B.weight"
 class Lora:
     path: str  # absolute
     scale: float = 1.0
-    into: str = "transformer"  # one of TARGETS
+    into: str = "transformer"  # one of protocol.LORA_TARGETS
 
     @classmethod
     def parse(cls, text: str) -> Lora:
@@ -37,7 +36,7 @@ class Lora:
         ``transformer`` and a low-noise one for ``transformer_2``)."""
         into = "transformer"
         head, at, tail = text.rpartition("@")
-        if at and head and tail in TARGETS:
+        if at and head and tail in LORA_TARGETS:
             text, into = head, tail
         path, scale = text, 1.0
         head, sep, tail = text.rpartition(":")
@@ -55,12 +54,14 @@ class Lora:
             raise InvalidInput(f"{path} does not exist", field="lora")
         if not path.endswith(LORA_SUFFIX):
             raise InvalidInput(f"{path} is not a {LORA_SUFFIX} file", field="lora")
-        if into not in TARGETS:
-            raise InvalidInput(f"goes into one of {', '.join(TARGETS)}, not {into!r}", field="lora")
+        if into not in LORA_TARGETS:
+            raise InvalidInput(f"goes into one of {', '.join(LORA_TARGETS)}, not {into!r}", field="lora")
         return cls(str(Path(path).expanduser().resolve()), scale, into)
 
-    def to_json(self) -> dict:
-        return {"path": self.path, "scale": self.scale, "into": self.into}
+    @property
+    def spec(self) -> tuple[str, float, str]:
+        """As a job spec's ``loras`` holds it."""
+        return self.path, self.scale, self.into
 
 
 def _loader(pipeline_class_name: str, parts: dict):

@@ -115,8 +115,7 @@ def _tiny(name: str) -> LoadedModel:
     from .families import TINY_FAMILIES
 
     family = TINY_FAMILIES[name]
-    info = ModelInfo(name=name, kind="tiny", distilled=True,
-                     conditioning="magic141" if family.name == "hunyuan" else "diffusers",
+    info = ModelInfo(name=name, kind="tiny", distilled=True, conditioning=family.conditionings[0],
                      native_fps=family.native_fps, window_frames=family.tiny_window_frames,
                      default_size=family.tiny_size, family=family.name)
     return LoadedModel(info, family.build_tiny())

@@ -189,6 +189,11 @@ _EVENT_MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
 # Field readers (each error names its field) ---------------------------------------------------------
 
 
+def loras_json(loras) -> list[dict]:
+    """(path, scale, into) tuples as the spec, result and clip record write them."""
+    return [{"path": path, "scale": scale, "into": into} for path, scale, into in loras]
+
+
 def _loras(data: dict) -> tuple[tuple[str, float, str], ...]:
     raw = data.get("loras", [])
     if not isinstance(raw, list):
@@ -423,7 +428,7 @@ class JobSpec:
         data = asdict(self)
         data.update(version=SPEC_VERSION, source=self.source.to_json(), seconds=rational_text(self.seconds),
                     fps=rational_text(self.fps),
-                    loras=[{"path": path, "scale": scale, "into": into} for path, scale, into in self.loras])
+                    loras=loras_json(self.loras))
         return data
 
     def replace(self, **changes: Any) -> JobSpec:
@@ -607,6 +612,6 @@ def clip_record(job_id: str, spec: JobSpec, result: JobResult, *, source_clip: s
         "color_match": result.settings.get("color_match", spec.color_match),
         "ambience": result.settings.get("ambience"),  # what the media's sound is, or why it has none
         "family": result.settings.get("family"),  # which model family made it (engine/families)
-        "loras": [{"path": path, "scale": scale, "into": into} for path, scale, into in spec.loras],
+        "loras": loras_json(spec.loras),
         **extra,
     }

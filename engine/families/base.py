@@ -106,8 +106,9 @@ class _Steps:
 class WindowMixin:
     """Mixed (first) into a diffusers image-to-video pipeline class; see the module's docstring.
 
-    A family's subclass implements ``condition_latents`` use in its ``prepare_latents`` override
-    and the three methods below.
+    A family's subclass uses ``condition_video`` where its diffusers class builds the image
+    condition (``prepare_latents`` or the like), and implements ``encode_prompts`` and
+    ``window_kwargs`` (and ``frames_of``, ``audio_of``, ``audio_rate`` where the defaults do not fit).
     """
 
     condition_video: torch.Tensor | None = None  # pixels [1, 3, m*(K-1)+1, H, W] in [-1, 1]
