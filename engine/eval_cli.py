@@ -1,25 +1,31 @@
 """``magic141 eval``: score a world-trained model against the procedural world's ground truth.
 
-    magic141 eval [--model world] [--quick] [--physics basic|full] [--json] [--out scores.json]
+    magic141 eval [--model world] [--quick] [--physics basic|full|multimodal] [--json] [--out scores.json]
 
-Everything runs through the engine's own ``Magic141Pipeline`` (and, for text-to-video, the engine's
-text-to-image stage), on held-out world states:
+Image-to-video clips are sampled in batches exactly as the engine's ``Magic141Pipeline`` samples them
+(``train/measure.py``; a test checks the two agree), on held-out world states:
 
-1. Steps (the paper's Table 1 at toy scale): the many-step teacher with Euler, the teacher with 8
-   and 4 Euler steps, and the DMD2 students with 8 and 4 steps, on image-to-video.
+1. Steps (the paper's Table 1 at toy scale): the VAE's reconstruction of the true clips (the ceiling
+   every row is bounded by), the teacher with 50, 8, 4, 2 and 1 Euler steps, and the DMD2 students
+   with 8 and 4 steps. Every score has a paired-bootstrap 95 % interval, and every row its gap to the
+   50-step teacher with its own interval: first-frame PSNR, trajectory, direction, colour and pan as
+   prompted, object found, flicker, object IoU and edge sharpness against the truth, the world-FVD
+   (the world probe's features, when the model folder has ``probe/``), and seed diversity against
+   the truth's conditional spread.
 2. Precision: the model's default transformer (4 steps) with fp32 (or bf16 on CUDA) compute, bf16,
    int8 and fp8 weights (``engine/quant.py``); and the default's scores split by kind of motion
    (moving, falling, spinning, under a panning or a still camera).
-3. Text-to-video: the text-to-image model's first frame, then the default transformer.
+3. Text-to-video, through the pipeline: the text-to-image model's first frame, then the default.
 4. A 60-second sliding-window run: background and object colour drift, object still found.
 5. The seam of the README's main job (the sample plate, extended): CIEDE2000 and PSNR between the
    plate's last frame and the first placed frame, with and without the colour match, beside the
    same for the world's true next frame and for the plate's own last step.
 
 The held-out states come from the world the model was trained on (its ``training.json``);
-``--physics`` scores it on the other one instead. ``--quick`` scores 8 clips per row and one long run
-(under 5 minutes on a CPU); the default scores 48 clips and three long runs. Parsing stays
-torch-free so ``magic141 --help`` stays instant.
+``--physics`` scores it on another one instead. ``--quick`` scores 8 clips per row and one long run
+(under 3 minutes on 2 CPU cores); the default scores 512 clips per row (seed diversity on the first
+128, four seeds each) and three long runs. Parsing stays torch-free so ``magic141 --help`` stays
+instant.
 """
 
 from __future__ import annotations
@@ -32,9 +38,13 @@ import time
 from pathlib import Path
 
 QUICK_CLIPS = 8
-FULL_CLIPS = 48
+FULL_CLIPS = 512
 TEACHER_STEPS = 50
+TEACHER_STEP_COUNTS = (TEACHER_STEPS, 8, 4, 2, 1)
+DIVERSITY_CASES = 128  # the first cases, each sampled with measure.DIVERSITY_SEEDS more seeds
 LONG_SECONDS = 60
+CEILING = "VAE reconstruction of the truth"
+RESULT_FORMAT = 2  # 2: every row has ``ci`` (intervals and gaps); 1 had means only
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -57,18 +67,52 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_eval)
 
 
+COLUMNS = (  # (key, heading, digits) of the tables; every row's ``ci`` holds these keys' intervals
+    ("psnr_first", "PSNR first (dB)", 2), ("trajectory_px", "trajectory (px)", 2),
+    ("direction_ok", "direction", 3), ("colour_ok", "colour", 3), ("pan_ok", "pan", 3),
+    ("found", "found", 3), ("flicker", "flicker", 2), ("iou", "IoU", 3), ("sharpness", "sharpness", 3),
+    ("fvd", "world-FVD", 3), ("spread_ratio", "spread / truth", 2),
+)
+
+
 def _rows_table(title: str, rows: list[dict]) -> str:
-    head = (
-        "| variant | steps | PSNR first (dB) | trajectory (px) | direction | colour | pan | found | flicker "
-        "| s/clip |"
-    )
-    lines = [f"### {title}", "", head, "|" + " --- |" * 10]
+    """Each metric's mean with its 95 % interval in brackets; columns no row has are left out."""
+    columns = [c for c in COLUMNS if any(r.get("ci", {}).get(c[0]) or r.get(c[0]) is not None for r in rows)]
+    head = "| variant | steps | " + " | ".join(c[1] for c in columns) + " | s/clip |"
+    lines = [f"### {title}", "", head, "|" + " --- |" * (len(columns) + 3)]
     for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['steps']} | {_f(r['psnr_first'], 2)} | {_f(r['trajectory_px'], 2)} | "
-            f"{_f(r['direction_ok'], 3)} | {_f(r['colour_ok'], 3)} | {_f(r['pan_ok'], 3)} | "
-            f"{_f(r['found'], 3)} | {_f(r['flicker'], 2)} | {_f(r.get('seconds_per_clip'), 3)} |"
-        )
+        cells = [_cell(r, key, digits) for key, _, digits in columns]
+        steps = "–" if r["steps"] is None else r["steps"]
+        seconds = _f(r.get("seconds_per_clip"), 3)
+        lines.append(f"| {r['variant']} | {steps} | " + " | ".join(cells) + f" | {seconds} |")
+    return "\n".join(lines)
+
+
+def _cell(row: dict, key: str, digits: int) -> str:
+    interval = row.get("ci", {}).get(key)
+    if interval is None:
+        return _f(row.get(key), digits)
+    return f"{_f(interval['mean'], digits)} [{_f(interval['lo'], digits)}, {_f(interval['hi'], digits)}]"
+
+
+def _gaps_table(title: str, rows: list[dict], reference: str) -> str:
+    """Each row's gap to ``reference`` (row minus reference) with its paired 95 % interval."""
+    columns = [c for c in COLUMNS if any(r.get("ci", {}).get(c[0], {}).get("gap") is not None for r in rows)]
+    lines = [f"### {title} (minus {reference}; paired 95 % intervals)", "",
+             "| variant | steps | " + " | ".join(c[1] for c in columns) + " |",
+             "|" + " --- |" * (len(columns) + 2)]
+    for r in rows:
+        cells = []
+        for key, _, digits in columns:
+            value = r.get("ci", {}).get(key, {})
+            if value.get("gap") is None:
+                cells.append("–")
+                continue
+            low, high = f"{value['gap_lo']:+.{digits}f}", f"{value['gap_hi']:+.{digits}f}"
+            cells.append(f"{value['gap']:+.{digits}f} [{low}, {high}]")
+        if any(c != "–" for c in cells):
+            steps = "–" if r["steps"] is None else r["steps"]
+            lines.append(f"| {r['variant']} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -172,6 +216,13 @@ def run_eval(args) -> int:
     else:
         print(_rows_table("Steps (image-to-video)", result["steps"]))
         print()
+        print(_gaps_table("Gaps", result["steps"], result["reference"]))
+        print()
+        diversity = result["diversity"]
+        print(f"spread / truth: where the object ends up over {diversity['seeds']} seeds of each of the "
+              f"first {diversity['cases']} cases, against {diversity['truth_draws']} true continuations of "
+              f"each (their mean spread {diversity['truth_spread_px']:.2f} px)")
+        print()
         print(_rows_table(f"Precision (default: {result['default']}, 4 steps)", result["precision"]))
         print()
         kinds_title = f"By kind of motion (default: {result['default']}, 4 steps)"
@@ -201,6 +252,13 @@ def _variant_transformer(folder: Path, name: str, dtype):
     return HunyuanVideoTransformer3DModel.from_pretrained(path, local_files_only=True, dtype=dtype).eval()
 
 
+def _transformers(folder: Path, default, default_name: str, dtype) -> dict[str, object]:
+    """The teacher and the 4- and 8-step students the folder has (``transformer/`` holds the default)."""
+    variant = {"teacher": "transformer_teacher", "dmd2": "transformer_4step", "dmd2-8": "transformer_8step"}
+    return {name: default if default_name == name else _variant_transformer(folder, path, dtype)
+            for name, path in variant.items()}
+
+
 def evaluate(
     model: str,
     *,
@@ -210,10 +268,12 @@ def evaluate(
     physics: str | None = None,
     device=None,
     progress=lambda line: None,
+    draws: int = 1000,
 ) -> dict:
-    """All four sections as JSON-ready dicts (see the module docstring)."""
+    """Every section as JSON-ready dicts (see the module docstring)."""
     import copy
 
+    import numpy as np
     import torch
 
     from magic141.errors import InvalidInput
@@ -223,6 +283,7 @@ def evaluate(
     from .pipeline import Magic141Pipeline
     from .quant import DEFAULT_MIN_FEATURES, quantize
     from .train import evaluate as ev
+    from .train import measure
 
     if clips < 1:
         raise InvalidInput(f"must be at least 1, got {clips}", field="clips")
@@ -243,71 +304,77 @@ def evaluate(
     trained_on = json.loads((folder / "training.json").read_text())["teacher"].get("physics", "basic")
     physics = physics or trained_on
     cases = ev.eval_cases(clips, height=height, width=width, frames=frames, physics=physics)
-    default = info["transformer"]  # what the model runs by default: see its magic141.json
     default_name = json.loads((folder / "magic141.json").read_text()).get("default_transformer", "dmd2")
+    dits = _transformers(folder, info["transformer"], default_name, dtype)
+    vae = info["vae"]
+    held = measure.held_out(vae, info, cases, frames, physics)
+    probe = None
+    if (folder / "probe" / "config.json").is_file():
+        from .train.probe import load_probe
 
-    def pipe_with(transformer):
-        parts = {**info, "transformer": transformer}
-        return Magic141Pipeline(**parts, device=device)
+        probe = load_probe(folder / "probe").to(device)
+    spread_cases = min(clips, DIVERSITY_CASES)
+    seeds = [case.seed for case in cases]
 
-    clip_scores = {}
-
-    def row(variant: str, transformer, steps: int) -> dict:
-        scores_, seconds, clip_scores[variant, steps] = ev.run_i2v(
-            pipe_with(transformer), cases, steps=steps, frames=frames
+    def dit_row(variant: str, dit, steps: int, *, spread: bool = True) -> measure.Row:
+        row = measure.measure_row(
+            variant, steps, lambda: measure.sample(dit, vae, held, steps, seeds), held, probe=probe,
+            spread_of=(lambda: measure.diversity(dit, vae, held, steps, spread_cases)) if spread else None,
         )
-        progress(
-            f"{variant}, {steps} steps: PSNR {scores_.psnr_first:.2f} dB, trajectory "
-            f"{scores_.trajectory_px:.2f} px, direction {scores_.direction_ok:.2f}"
-        )
-        return {
-            "variant": variant,
-            "steps": steps,
-            **scores_.to_json(),
-            "seconds_per_clip": round(seconds, 4),
-        }
+        means = {k: measure.measured_mean(v) for k, v in row.per_clip.items()}
+        progress(f"{row.name}: PSNR {means['psnr_first']:.2f} dB, trajectory {means['trajectory_px']:.2f} "
+                 f"px, direction {means['direction_ok']:.2f}")
+        return row
 
-    # transformer/ holds the default
-    variant = {"teacher": "transformer_teacher", "dmd2": "transformer_4step"}
-    teacher, four = (default if default_name == name else _variant_transformer(folder, variant[name], dtype)
-                     for name in ("teacher", "dmd2"))
-    eight = _variant_transformer(folder, "transformer_8step", dtype)
-    steps_rows = []
-    if teacher is not None:
-        steps_rows += [row("teacher, Euler", teacher, n) for n in (TEACHER_STEPS, 8, 4)]
-    if eight is not None:
-        steps_rows.append(row("DMD2 student", eight, 8))
-    steps_rows.append(row("DMD2 student", four, 4))
-    same = ("teacher, Euler", 4) if default_name == "teacher" else ("DMD2 student", 4)
-    default_row = next(r for r in steps_rows if (r["variant"], r["steps"]) == same)
+    ceiling = measure.measure_row(CEILING, None, lambda: measure.reconstruct(vae, held), held, probe=probe)
+    steps_rows = [ceiling]
+    if dits["teacher"] is not None:
+        steps_rows += [dit_row("teacher, Euler", dits["teacher"], n) for n in TEACHER_STEP_COUNTS]
+    if dits["dmd2-8"] is not None:
+        steps_rows.append(dit_row("DMD2 student", dits["dmd2-8"], 8))
+    if dits["dmd2"] is not None:
+        steps_rows.append(dit_row("DMD2 student", dits["dmd2"], 4))
+    same = "teacher, Euler, 4 steps" if default_name == "teacher" else "DMD2 student, 4 steps"
+    default_row = next(r for r in steps_rows if r.name == same)
+    reference = f"teacher, Euler, {TEACHER_STEPS} steps"
+    truth = dict(truth_features=probe.features(held.truth) if probe is not None else None,
+                 truth_spread_=measure.truth_spread(held, spread_cases))
+    ci = measure.intervals(steps_rows, reference, draws=draws, **truth)
+
     kind_rows = [
-        {"variant": f"{kind} ({count} clip{'' if count == 1 else 's'})", "steps": 4, "clips": count,
-         **kind_scores.to_json()}
-        for kind, (count, kind_scores) in ev.by_kind(cases, clip_scores[same]).items()
+        {"variant": f"{kind} ({len(members)} clip{'' if len(members) == 1 else 's'})", "steps": 4,
+         "clips": len(members),
+         **{k: measure.measured_mean(v[members]) for k, v in default_row.per_clip.items()}}
+        for kind, members in ev.kinds([case.state for case in cases]).items()
     ]
 
     base = "bf16" if dtype == torch.bfloat16 else "fp32"
-    precision_rows = [{**default_row, "variant": f"default, {base}"}]
+    precision = [measure.Row(f"default, {base}", 4, default_row.per_clip, default_row.seconds_per_clip,
+                             default_row.features)]
+    default = info["transformer"]
     if base == "fp32":
-        precision_rows.append(row("default, bf16", copy.deepcopy(default).to(torch.bfloat16), 4))
+        precision.append(dit_row("default, bf16", copy.deepcopy(default).to(torch.bfloat16), 4, spread=False))
     for mode in ("int8", "fp8"):
         quantised = copy.deepcopy(default).cpu()
-        quantize(
-            quantised,
-            mode,
-            compute_dtype=dtype,
-            min_features=min(DEFAULT_MIN_FEATURES, _model_width(quantised)),
-        )
-        precision_rows.append(row(f"default, {mode} weights", quantised.to(device), 4))
+        quantize(quantised, mode, compute_dtype=dtype,
+                 min_features=min(DEFAULT_MIN_FEATURES, _model_width(quantised)))
+        precision.append(dit_row(f"default, {mode} weights", quantised.to(device), 4, spread=False))
+    precision_ci = measure.intervals(precision, precision[0].name, draws=draws,
+                                     truth_features=truth["truth_features"])
+
+    def pipe_with(transformer):
+        return Magic141Pipeline(**{**info, "transformer": transformer}, device=device)
 
     t2v_rows = []
     if (folder / "t2i" / "model_index.json").is_file():
         from .t2i import load_t2i
 
         t2i = load_t2i(str(folder / "t2i"), device=device)
-        t2v = ev.run_t2v(t2i, pipe_with(default), cases, steps=4, frames=frames)
+        t2v, per_clip = ev.run_t2v(t2i, pipe_with(default), cases, steps=4, frames=frames)
         progress(f"text-to-video: colour {t2v.colour_ok:.2f}, direction {t2v.direction_ok:.2f}")
-        t2v_rows.append({"variant": "T2I + default", "steps": 4, **t2v.to_json()})
+        arrays = {k: np.array([float(getattr(c, k)) for c in per_clip]) for k in measure.CLIP_METRICS}
+        t2v_row = measure.Row("T2I + default", 4, arrays)
+        t2v_rows.append(_json_row(t2v_row, measure.intervals([t2v_row], None, draws=draws)[t2v_row.name]))
 
     long_rows = []
     for case in cases[:long_runs]:
@@ -318,8 +385,9 @@ def evaluate(
     seam_table = seam_rows(model, device=device)
     progress(f"seam: CIEDE2000 {seam_table[0]['ciede2000']:.2f} colour matched, "
              f"{seam_table[1]['ciede2000']:.2f} unmatched, {seam_table[2]['ciede2000']:.2f} the truth")
-
+    truth_spread = measure.measured_mean(truth["truth_spread_"])
     return {
+        "format": RESULT_FORMAT,
         "model": loaded.info.name,
         "default": default_name,
         "device": str(device),
@@ -328,11 +396,22 @@ def evaluate(
         "trained_on": trained_on,
         "frames": frames,
         "size": [height, width],
-        "steps": steps_rows,
-        "precision": precision_rows,
+        "reference": reference,
+        "diversity": {"cases": spread_cases, "seeds": measure.DIVERSITY_SEEDS,
+                      "truth_draws": measure.TRUTH_DRAWS, "truth_spread_px": truth_spread},
+        "steps": [_json_row(r, ci[r.name]) for r in steps_rows],
+        "precision": [_json_row(r, precision_ci[r.name]) for r in precision],
         "kinds": kind_rows,
         "t2v": t2v_rows,
         "long": long_rows,
         "seam": seam_table,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _json_row(row, intervals: dict[str, dict]) -> dict:
+    """A table row: each metric's mean at the top level (as format 1 had them), and ``ci``: every
+    metric's interval and gap to the reference."""
+    means = {metric: value["mean"] for metric, value in intervals.items()}
+    return {"variant": row.variant, "steps": row.steps, "clips": len(next(iter(row.per_clip.values()))),
+            **means, "seconds_per_clip": row.seconds_per_clip, "ci": intervals}

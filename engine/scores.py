@@ -7,7 +7,7 @@ to find the object:
 * ``trajectory_error``: mean distance in pixels between the tracked object and the world's true
   continuation, frame by frame (a frame where the object is lost counts as the frame's diagonal).
 * ``direction_of``: which of the four directions the object moves in over its first frames; the
-  caption adherence score compares it with the prompt's direction.
+  caption adherence score compares it with the prompt's direction (any motion when it names none).
 * ``pan_of``: which way the camera pans (left, right or not at all), from how far the background's
   column profile slides over the same first frames; the caption adherence score compares it with
   the prompt's pan (none when the prompt names none).
@@ -17,6 +17,12 @@ to find the object:
   true clip's flicker is 0.
 * ``background_drift``: mean absolute difference between the background of the last frames and the
   true background (0-255), for the 60-second sliding-window run.
+* ``object_iou``: mean per-frame intersection over union of the pixels tracked as the object and the
+  pixels the true object covers at least half of (1 = the object is where and as big as it should be).
+* ``edge_sharpness``: mean gradient magnitude around the true object's edge, over the same of the
+  true clip (1 = as sharp as the truth, lower = blurred).
+* ``spread``: RMS distance of points to their centroid, for seed diversity: where the object ends up
+  across the seeds of one case, against the same for plausible true continuations.
 
 Traps avoided: the object's own motion is excluded from flicker (pixels the object covers in either
 frame, grown by one pixel, are masked), and a missing object is a large error, not a skipped frame.
@@ -110,6 +116,13 @@ def pan_of(frames, object_masks: np.ndarray, frames_used: int = DIRECTION_FRAMES
     return "left" if best > 0 else "right"
 
 
+def direction_ok(centres: np.ndarray, asked: str | None) -> bool:
+    """The object moves the way the prompt asks; a prompt that names no direction asks for motion
+    in any (the multimodal world's "a red circle moves")."""
+    seen = direction_of(centres)
+    return seen is not None if asked is None else seen == asked
+
+
 def colour_of(colours: np.ndarray) -> str | None:
     colours = np.asarray(colours, np.float64)
     found = colours[~np.isnan(colours[:, 0])]
@@ -142,6 +155,52 @@ def flicker(frames, object_masks: np.ndarray, true_backgrounds=None) -> float:
     return float(change[keep].mean()) if keep.any() else 0.0
 
 
+def object_iou(masks: np.ndarray, cover: np.ndarray) -> float:
+    """Mean over frames of IoU(``masks``, ``cover >= 0.5``): tracked masks [n, H, W] bool against the true
+    coverage [n, H, W] (``world.coverage``); a frame where both are empty counts 1, only one empty 0."""
+    masks, truth = np.asarray(masks, bool), np.asarray(cover, np.float64) >= 0.5
+    if masks.shape != truth.shape:
+        raise InvalidInput(f"masks {masks.shape} and coverage {truth.shape} differ in shape")
+    inter = (masks & truth).sum(axis=(1, 2))
+    union = (masks | truth).sum(axis=(1, 2))
+    return float(np.mean(np.where(union == 0, 1.0, inter / np.maximum(union, 1))))
+
+
+def _gradient(frames) -> np.ndarray:
+    """Per-pixel gradient magnitude [n, H, W] (0-255 per pixel): central differences in each RGB channel,
+    the largest over channels (so an edge between two colours of one brightness still counts)."""
+    pixels = _float255(frames)
+    dy, dx = np.gradient(pixels, axis=(1, 2))
+    return np.hypot(dx, dy).max(axis=-1)
+
+
+def edge_sharpness(frames, truth, cover: np.ndarray) -> float:
+    """Mean gradient magnitude of ``frames`` in a band around the true object's edge, over the same of
+    ``truth`` (the true frames); both [n, H, W, 3]. The band is the pixels the object partly covers
+    (0 < ``cover`` < 1), grown by one pixel. 1 = as sharp as the truth, lower = blurred; NaN when the
+    band is empty."""
+    cover = np.asarray(cover, np.float64)
+    frames, truth = np.asarray(frames), np.asarray(truth)
+    if frames.shape != truth.shape or frames.shape[:3] != cover.shape:
+        raise InvalidInput(f"frames {frames.shape}, truth {truth.shape} and coverage {cover.shape} differ")
+    band = _grow((cover > 0) & (cover < 1))
+    if not band.any():
+        return float("nan")
+    reference = float(_gradient(truth)[band].mean())
+    return float(_gradient(frames)[band].mean() / reference) if reference > 0 else float("nan")
+
+
+def spread(points: np.ndarray) -> float:
+    """RMS distance of points [K, 2] to their centroid (rows with a NaN left out; NaN if under 2 remain)."""
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2:
+        raise InvalidInput(f"points must be [K, 2], got shape {points.shape}")
+    points = points[~np.isnan(points).any(axis=1)]
+    if len(points) < 2:
+        return float("nan")
+    return float(np.sqrt(np.mean(np.sum((points - points.mean(axis=0)) ** 2, axis=1))))
+
+
 def background_drift(frames, object_masks: np.ndarray, background_rgb: np.ndarray) -> float:
     """Mean |frame - true background| (0-255) over background pixels of ``frames``; the background is
     [H, W, 3] or one per frame [n, H, W, 3], in [0, 1]."""
@@ -161,6 +220,8 @@ class ClipScores:
     pan_ok: bool  # the camera pans the way the prompt says (or stays still when it says nothing)
     found: float  # fraction of frames where the object was found
     flicker: float
+    iou: float  # object_iou against the true object (NaN for text-to-video)
+    sharpness: float  # edge_sharpness against the true clip (NaN for text-to-video)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -180,14 +241,17 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
     found = world.track(frames, true_backgrounds)
     terms = world.prompt_terms(prompt)
     true_centres = world.centres_px(state, n, height, fps=fps)
+    cover = world.coverage(state, world.frame_times(n, fps), height, width)
     return ClipScores(
         psnr_first=psnr(frames[0], condition),
         trajectory_px=trajectory_error(found.centres, true_centres, float(np.hypot(height, width))),
-        direction_ok=direction_of(found.centres) == terms["direction"],
+        direction_ok=direction_ok(found.centres, terms["direction"]),
         colour_ok=colour_of(found.colours) == terms["colour"],
         pan_ok=pan_of(frames, found.masks) == terms["pan"],
         found=float(found.found.mean()),
         flicker=flicker(frames, found.masks, true_backgrounds),
+        iou=object_iou(found.masks, cover),
+        sharpness=edge_sharpness(frames, truth, cover),
     )
 
 
@@ -201,17 +265,33 @@ def score_prompt(frames, prompt: str, first_image=None) -> ClipScores:
     return ClipScores(
         psnr_first=float("nan") if first_image is None else psnr(frames[0], np.asarray(first_image)),
         trajectory_px=float("nan"),
-        direction_ok=direction_of(found.centres) == terms["direction"],
+        direction_ok=direction_ok(found.centres, terms["direction"]),
         colour_ok=colour_of(found.colours) == terms["colour"],
         pan_ok=pan_of(frames, found.masks) == terms["pan"],
         found=float(found.found.mean()),
         flicker=flicker(frames, found.masks),
+        iou=float("nan"),
+        sharpness=float("nan"),
     )
 
 
 def summarise(scores: list[ClipScores]) -> dict[str, float]:
-    """Means over clips (booleans become rates)."""
+    """Means over clips (booleans become rates).
+
+    ``iou`` and ``sharpness`` average the clips that have them (NaN only when none has: text-to-video
+    clips, or an empty edge band); every other score is a plain mean, NaN if any clip's is.
+    """
     if not scores:
         raise InvalidInput("no clips to summarise")
-    keys = ClipScores.__dataclass_fields__
-    return {k: float(np.mean([float(getattr(s, k)) for s in scores])) for k in keys}
+    out = {}
+    for key in ClipScores.__dataclass_fields__:
+        values = np.array([float(getattr(s, key)) for s in scores])
+        if key in _NAN_SKIPPED:
+            values = values[~np.isnan(values)]
+            out[key] = float(values.mean()) if len(values) else float("nan")
+        else:
+            out[key] = float(values.mean())
+    return out
+
+
+_NAN_SKIPPED = ("iou", "sharpness")

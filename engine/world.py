@@ -12,6 +12,13 @@ off the frame's edges. The full world
   pan shows on a solid colour too (the object's motion stays relative to the frame, as if the box it
   bounces in were carried along with the camera).
 
+The multimodal world (``physics="multimodal"``) is the full one with continuations a single frame and
+its caption leave open: moving objects are either slow or fast (two separate speed bands), a share of
+captions name the speed ("moves right slowly") and a share leave the direction out ("a red circle
+moves"). From one frame and such a caption there are several right answers, so a sampler that
+averages them (a blurred, middling object) loses to one that picks one; ``plausible_states`` draws
+the true continuations a frame and a caption allow, which is what seed diversity is measured against.
+
 Everything is analytic, so the world can
 
 * render any state at any size and frame rate (``render``), anti-aliased by supersampling so that
@@ -65,6 +72,7 @@ RADIUS = 0.125  # of the frame height: a circle 8 pixels across in a 32-pixel-hi
 SQUARE_HALF = 0.9 * RADIUS  # a square of about the circle's area
 SPIN_REACH = SQUARE_HALF * math.sqrt(2)  # a spinning square's corners reach this far from its centre
 SPEED_RANGE = (0.45, 0.75)  # frame heights per second: 0.6 to 1 pixel per frame at 32 px and 24 fps
+SPEED_BANDS = {"slowly": (0.3, 0.42), "quickly": (0.8, 1.0)}  # the multimodal world's two speeds
 GRAVITY = 2.0  # frame heights per second squared: a fall of half the frame takes 0.7 s
 MIN_DROP = 0.3  # frame heights from the top of a fall to the floor
 SPIN_RANGE = (0.25, 0.6)  # turns per second, either way
@@ -108,6 +116,8 @@ class WorldState:
     camera: float = 0.0
     pan: float = 0.0
     posts: bool = False  # the background's posts (they make a pan visible on a solid colour)
+    says_direction: bool = True  # the caption names a moving object's direction
+    says_speed: bool = False  # the caption names a moving object's speed band (``SPEED_BANDS``)
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -245,10 +255,26 @@ def _fold(position: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 # Sampling --------------------------------------------------------------------------------------
 
-PHYSICS = ("basic", "full")  # basic: constant velocity and walls only; full: gravity, spin and pans too
+PHYSICS = ("basic", "full", "multimodal")  # basic: constant velocity and walls only; full: gravity, spin
+# and pans too; multimodal: the full world with two speed bands and captions that leave things open
 FALL_CHANCE = 0.3
 SPIN_CHANCE = 0.5  # of squares
 PAN_CHANCE = 0.4
+UNSAID_DIRECTION_CHANCE = 0.3  # of moving objects in the multimodal world
+SAID_SPEED_CHANCE = 0.5
+
+
+def speed_band(speed: float) -> str:
+    """The multimodal world's speed word for ``speed``: ``slowly`` below the middle of the bands."""
+    middle = (SPEED_BANDS["slowly"][1] + SPEED_BANDS["quickly"][0]) / 2
+    return "slowly" if speed < middle else "quickly"
+
+
+def _draw_speed(rng: np.random.Generator, physics: str, band: str | None = None) -> float:
+    if physics != "multimodal":
+        return float(rng.uniform(*SPEED_RANGE))
+    band = band or ("slowly" if rng.random() < 0.5 else "quickly")
+    return float(rng.uniform(*SPEED_BANDS[band]))
 
 
 def sample_state(
@@ -257,12 +283,13 @@ def sample_state(
     """A random state; with ``clear`` seconds, the object does not turn (``bounces``) before then.
 
     ``physics="basic"`` draws constant velocity and walls only (the same draws from the same
-    generator as before gravity, spin and pans existed); ``"full"`` draws all of them. The shipped
-    ``world`` model learnt the basic world first, then the full one (its card).
+    generator as before gravity, spin and pans existed); ``"full"`` draws all of them (the same
+    draws as before the multimodal world existed); ``"multimodal"`` the full world's, then the speed
+    band and what the caption says. The shipped ``world`` model's card says what it learnt.
     """
     if physics not in PHYSICS:
         raise InvalidInput(f"physics must be one of {', '.join(PHYSICS)}, got {physics!r}")
-    full = physics == "full"
+    full = physics != "basic"
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     names = list(BACKGROUNDS)
@@ -279,6 +306,10 @@ def sample_state(
         if rng.random() < PAN_CHANCE:
             extras.update(pan=float(rng.uniform(*PAN_RANGE) * rng.choice((-1, 1))))
         extras.update(camera=float(rng.uniform(0, 2 * float(aspect))), posts=True)
+    if physics == "multimodal" and motion == "moves":
+        speed = _draw_speed(rng, physics)
+        extras.update(says_direction=bool(rng.random() >= UNSAID_DIRECTION_CHANCE),
+                      says_speed=bool(rng.random() < SAID_SPEED_CHANCE))
     reach = SPIN_REACH if extras.get("spin") else RADIUS
     width = float(aspect)
     for _ in range(100):
@@ -313,7 +344,9 @@ def caption(state: WorldState, seconds: float) -> str:
     spinning = "spinning " if state.spin else ""
     text = f"a {spinning}{state.colour} {state.shape}"
     if state.motion == "moves":
-        text += f" moves {state.direction}" + (BOUNCE_PHRASE if events else "")
+        text += " moves" + (f" {state.direction}" if state.says_direction else "")
+        text += f" {speed_band(state.speed)}" if state.says_speed else ""
+        text += BOUNCE_PHRASE if events else ""
     elif state.direction == "down":
         text += " falls" + (" and bounces on the floor" if "floor" in events else "")
     else:
@@ -324,21 +357,66 @@ def caption(state: WorldState, seconds: float) -> str:
 
 
 _WORD = re.compile(r"[a-z]+")
+_SPEED_WORDS = {"slowly": "slowly", "slow": "slowly", "quickly": "quickly", "quick": "quickly",
+                "fast": "quickly"}
+
+
+def plausible_states(
+    state: WorldState, seconds: float, rng: np.random.Generator, count: int, *, physics: str = "multimodal"
+) -> list[WorldState]:
+    """``count`` true continuations that ``state``'s first frame and caption allow: what the frame
+    shows (shape, colour, background, position, angle, camera) is kept; what it cannot show (speed,
+    the spin's rate and sign, the pan's speed, and the direction when the caption leaves it out) is
+    drawn again from ``physics``'s prior, and a draw is kept when its caption over ``seconds`` is the
+    state's. The spread of where the object ends up across them is the truth's conditional spread.
+    """
+    wanted = caption(state, seconds)
+    found: list[WorldState] = []
+    for _ in range(200 * count):
+        if len(found) == count:
+            break
+        changes: dict = {}
+        if state.motion == "moves":
+            band = speed_band(state.speed) if state.says_speed else None
+            changes["speed"] = _draw_speed(rng, physics, band)
+            if not state.says_direction:
+                changes["direction"] = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+        else:  # falling or rising at y: any speed that keeps the apex inside and the drop long enough
+            top = math.sqrt(2 * GRAVITY * max(state.y - state.reach, 0.0))
+            low = math.sqrt(2 * GRAVITY * max(state.y - (1 - state.reach - MIN_DROP), 0.0))
+            changes["speed"] = float(rng.uniform(min(low, top), top))
+        if state.spin:
+            changes["spin"] = float(rng.uniform(*SPIN_RANGE) * rng.choice((-1, 1)))
+        if state.pan:
+            changes["pan"] = float(math.copysign(rng.uniform(*PAN_RANGE), state.pan))
+        try:
+            candidate = replace(state, **changes)
+        except InvalidInput:
+            continue
+        if caption(candidate, seconds) == wanted:
+            found.append(candidate)
+    if len(found) < count:
+        raise InvalidInput(f"only {len(found)} of {count} plausible continuations found for {wanted!r}")
+    return found
 
 
 def prompt_terms(prompt: str) -> dict[str, str | None]:
-    """The colour, shape, direction and pan a prompt asks for (``None`` where it names none).
+    """The colour, shape, direction, speed and pan a prompt asks for (``None`` where it names none).
 
     Reads free text as well as captions: the first colour, shape and direction word wins ("falls"
-    and "rises" are directions, down and up); the pan is the direction word after "pans".
+    and "rises" are directions, down and up); the speed is ``slowly`` or ``quickly`` (a band of
+    ``SPEED_BANDS``; "slow" and "fast" read as them); the pan is the direction word after "pans".
     """
     words = _WORD.findall(prompt.lower())
-    found: dict[str, str | None] = {"colour": None, "shape": None, "direction": None, "pan": None}
+    found: dict[str, str | None] = {"colour": None, "shape": None, "direction": None, "pan": None,
+                                    "speed": None}
     for i, word in enumerate(words):
         if word in _PAN_WORDS and i + 1 < len(words) and words[i + 1] in ("left", "right"):
             found["pan"] = words[i + 1]
         elif i > 0 and words[i - 1] in _PAN_WORDS:
             continue
+        elif found["speed"] is None and word in _SPEED_WORDS:
+            found["speed"] = _SPEED_WORDS[word]
         elif found["colour"] is None and word in COLOURS:
             found["colour"] = word
         elif found["shape"] is None and word in SHAPES:
@@ -382,8 +460,10 @@ def background(state: WorldState, height: int, width: int) -> np.ndarray:
     return backgrounds(state, [0.0], height, width)[0]
 
 
-def _coverage(state: WorldState, seconds: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Fraction of each pixel the object covers, [n, H, W], by supersampling."""
+def coverage(state: WorldState, seconds, height: int, width: int) -> np.ndarray:
+    """Fraction of each pixel the object covers at each of ``seconds``, [n, H, W] in [0, 1], by supersampling
+    (``frame_times`` gives a clip's seconds)."""
+    seconds = np.atleast_1d(np.asarray(seconds, dtype=np.float64))
     centres = state.centres(seconds)
     ss = SUPERSAMPLE
     sub = (np.arange(ss) + 0.5) / ss
@@ -411,7 +491,7 @@ def render(
     if height < 4 or width < 4:
         raise InvalidInput(f"frames must be at least 4x4 pixels, got {height}x{width}")
     times = frame_times(frames, fps)
-    cover = _coverage(state, times, height, width)[..., None]
+    cover = coverage(state, times, height, width)[..., None]
     colour = np.array(COLOURS[state.colour], dtype=np.float64) / 255
     video = backgrounds(state, times, height, width) * (1 - cover) + colour * cover
     return np.round(video * 255).astype(np.uint8)

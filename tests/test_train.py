@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from magic141.engine import eval_cli, world
 from magic141.engine.models import load_model
 from magic141.engine.pipeline import Magic141Pipeline
-from magic141.engine.train import common, dmd2, export, report, t2i, teacher, vae
+from magic141.engine.train import common, dmd2, export, probe, report, t2i, teacher, vae
 from magic141.engine.train.components import build_dit
 from magic141.engine.train.data import state_from_json
 from magic141.errors import CheckpointError
@@ -37,6 +37,13 @@ def falls(values: list[float], n: int = 5) -> bool:
 def vae_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("vae")
     vae.train(run, steps=30, batch=2, frames=5, threads=1, checkpoint_every=15, quiet=True)
+    return run
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("probe")
+    probe.train(run, steps=2, batch=2, frames=9, threads=1, quiet=True, physics="full")
     return run
 
 
@@ -113,7 +120,7 @@ def test_a_teacher_fine_tunes_onto_the_full_world_from_a_basic_one(
 
 
 def test_the_export_of_a_full_world_recipe_loads_runs_and_scores_on_its_world(
-    tmp_path, full_teacher_run, teacher_run, vae_run
+    tmp_path, full_teacher_run, teacher_run, vae_run, probe_run
 ):
     student = tmp_path / "dmd2"
     dmd2.train(
@@ -126,8 +133,9 @@ def test_the_export_of_a_full_world_recipe_loads_runs_and_scores_on_its_world(
     t2i.train(images, steps=3, vae_steps=2, batch=2, threads=1, quiet=True, physics="full")
     out = export.export(
         tmp_path / "model", vae_run=vae_run, teacher_run=full_teacher_run, student_run=student,
-        student8_run=None, t2i_run=images, default="teacher",
+        student8_run=None, t2i_run=images, default="teacher", probe_run=probe_run,
     )
+    assert (out / "probe" / "config.json").is_file()
     training = json.loads((out / "training.json").read_text())
     assert [training[k]["physics"] for k in ("vae", "teacher_init", "teacher", "dmd2_4step", "t2i")] == [
         "basic", "basic", "full", "full", "full"
@@ -139,9 +147,11 @@ def test_the_export_of_a_full_world_recipe_loads_runs_and_scores_on_its_world(
         num_frames=5, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
     ).frames
     assert frames.shape == (5, 32, 48, 3) and torch.isfinite(frames).all()
-    result = eval_cli.evaluate(str(out), clips=1, long_runs=0)
+    result = eval_cli.evaluate(str(out), clips=2, long_runs=0, draws=20)
     assert (result["physics"], result["trained_on"]) == ("full", "full")
-    assert [r["variant"] for r in result["steps"]] == ["teacher, Euler"] * 3 + ["DMD2 student"]
+    assert [r["variant"] for r in result["steps"]] == [
+        "VAE reconstruction of the truth", *["teacher, Euler"] * 5, "DMD2 student"]
+    assert all(r["ci"]["fvd"]["mean"] >= 0 for r in result["steps"])  # the exported probe's world-FVD
 
 
 def test_the_text_to_image_model_learns_its_vae_then_its_transformer(tmp_path):
@@ -153,14 +163,20 @@ def test_the_text_to_image_model_learns_its_vae_then_its_transformer(tmp_path):
     assert meta["vae_factors"]["scaling_factor"] > 0
 
 
-def test_dmd2_distils_the_teacher_into_a_few_step_student(tmp_path, teacher_run, vae_run):
+def test_dmd2_distils_the_teacher_into_a_few_step_student(tmp_path, teacher_run, vae_run, probe_run):
     run = tmp_path / "dmd2"
     dmd2.train(
         run, teacher_run, vae_run, iterations=4, student_steps=2, batch=2, eval_every=2, eval_clips=2,
-        threads=1, checkpoint_every=2, quiet=True,
+        threads=1, checkpoint_every=2, quiet=True, probe_run=probe_run,
     )
     log = common.read_log(run)
     assert [r["step"] for r in log if "eval_valid" in r] == [0, 2, 4]
+    assert all(r["eval_fvd"] >= 0 for r in log if "eval_valid" in r)  # the curves' continuous score
+    assert "eval_teacher50_fvd" in log[0]  # the level the gap to close is measured against
+    assert json.loads((run / "step-0000004" / "state.json").read_text())["meta"]["fake_updates"] == 5
+    curves = report.seeds_table({"i2v": [run, run], "t2v": [run]})
+    assert [line.split(" |")[0] for line in curves.splitlines()[2:]] == ["| 0", "| 2", "| 4"]
+    assert "| 4 | " in report.ablation_table({"default": run})
     assert all(np.isfinite(r["dm"]) and np.isfinite(r["fake_fm"]) for r in log if "dm" in r)
     student = load_file(run / "step-0000004" / "model-student.safetensors")
     start = load_file(common.latest_checkpoint(teacher_run) / "model-ema.safetensors")

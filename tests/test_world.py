@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -169,20 +170,63 @@ def test_prompt_terms_read_free_text_as_well_as_captions():
         "shape": "square",
         "direction": "up",
         "pan": None,
+        "speed": None,
     }
     assert world.prompt_terms("The YELLOW ball keeps rolling left.") == {
         "colour": "yellow",
         "shape": None,
         "direction": "left",
         "pan": None,
+        "speed": None,
     }
     assert world.prompt_terms("a red circle falls as the camera pans left") == {
         "colour": "red",
         "shape": "circle",
         "direction": "down",
         "pan": "left",
+        "speed": None,
     }
     assert world.prompt_terms("a green square rises")["direction"] == "up"
+    assert world.prompt_terms("a red circle moves slowly")["speed"] == "slowly"
+    assert world.prompt_terms("a fast red circle moves left")["speed"] == "quickly"
+
+
+def test_the_multimodal_world_leaves_direction_or_speed_open_and_its_speeds_are_two_bands():
+    rng = np.random.default_rng(0)
+    states = [world.sample_state(rng, physics="multimodal") for _ in range(400)]
+    moving = [s for s in states if s.motion == "moves"]
+    said = [world.prompt_terms(world.caption(s, 1.0)) for s in moving]
+    unsaid = sum(t["direction"] is None for t in said) / len(moving)
+    assert 0.2 < unsaid < 0.4
+    assert 0.4 < sum(t["speed"] is not None for t in said) / len(moving) < 0.6
+    for s, terms in zip(moving, said, strict=True):
+        assert terms["speed"] in (None, world.speed_band(s.speed))
+        assert any(lo <= s.speed <= hi for lo, hi in world.SPEED_BANDS.values())
+    # a caption that leaves the direction out reads back with none; the full world's draws are unchanged
+    vague = next(s for s in moving if not s.says_direction)
+    assert world.prompt_terms(world.caption(vague, 1.0))["direction"] is None
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert world.sample_state(a, physics="full") == world.sample_state(b, physics="full")
+
+
+def test_plausible_continuations_keep_the_frame_and_caption_and_vary_what_they_leave_open():
+    rng = np.random.default_rng(1)
+    seconds = 1.0
+    vague = next(
+        s for s in (world.sample_state(rng, physics="multimodal", clear=0.34) for _ in range(500))
+        if s.motion == "moves" and not s.says_direction and not s.says_speed
+    )
+    found = world.plausible_states(vague, seconds, np.random.default_rng(2), 16)
+    assert all(np.array_equal(world.render(p, 1), world.render(vague, 1)) for p in found)
+    assert all(world.caption(p, seconds) == world.caption(vague, seconds) for p in found)
+    assert len({p.direction for p in found}) >= 3  # the caption leaves the direction open
+    ends = np.array([world.centres_px(p, 25, 32)[-1] for p in found])
+    assert scores.spread(ends) > 4
+    told = replace(vague, says_direction=True, says_speed=True)
+    kept = world.plausible_states(told, seconds, np.random.default_rng(2), 16)
+    assert {p.direction for p in kept} == {told.direction}
+    assert all(world.speed_band(p.speed) == world.speed_band(told.speed) for p in kept)
+    assert scores.spread(np.array([world.centres_px(p, 25, 32)[-1] for p in kept])) < scores.spread(ends)
 
 
 def test_tracking_recovers_true_positions_and_colour():
@@ -264,3 +308,82 @@ def test_trajectory_error_charges_lost_frames_the_diagonal():
     truth = np.zeros((4, 2))
     tracked = np.array([[0, 0], [3, 4], [np.nan, np.nan], [0, 0]], dtype=float)
     assert scores.trajectory_error(tracked, truth, diagonal=100) == pytest.approx((0 + 5 + 100 + 0) / 4)
+
+
+# Object IoU, edge sharpness and spread ----------------------------------------------------------
+
+
+def box_blur(clip: np.ndarray, size: int) -> np.ndarray:
+    """Each pixel the mean of the ``size`` x ``size`` pixels around it (edges repeated)."""
+    half = size // 2
+    padded = np.pad(clip.astype(np.float64), ((0, 0), (half, half), (half, half), (0, 0)), mode="edge")
+    height, width = clip.shape[1:3]
+    total = sum(padded[:, i : i + height, j : j + width] for i in range(size) for j in range(size))
+    return np.round(total / size**2).astype(np.uint8)
+
+
+def test_the_true_clip_has_the_objects_pixels_and_edges():
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        s = world.sample_state(rng, physics="full")
+        result = scores.score_clip(world.render(s, 12), s, world.caption(s, 0.5))
+        # the tracker also takes pixels the object covers a little under half of: IoU a little under 1
+        assert result.iou > 0.85
+        assert result.sharpness == pytest.approx(1.0)
+
+
+def test_a_blurred_clip_has_soft_edges_and_the_more_blur_the_softer():
+    s = state(x=0.6)
+    clip = world.render(s, 12)
+    caption = world.caption(s, 0.5)
+    slight = scores.score_clip(box_blur(clip, 3), s, caption).sharpness
+    heavy = scores.score_clip(box_blur(clip, 5), s, caption).sharpness
+    assert heavy < slight < 0.85
+    assert scores.score_clip(clip, s, caption).sharpness == pytest.approx(1.0)
+
+
+def test_an_object_a_few_pixels_off_scores_a_lower_iou():
+    s = state(x=0.6)
+    caption = world.caption(s, 0.5)
+    true_iou = scores.score_clip(world.render(s, 12), s, caption).iou
+    off = scores.score_clip(world.render(state(x=0.6 + 3 / 32), 12), s, caption).iou  # three pixels right
+    far = scores.score_clip(world.render(state(x=1.1), 12), s, caption).iou  # elsewhere altogether
+    assert off < true_iou - 0.3 and far < 0.05
+
+
+def test_object_iou_counts_empty_frames():
+    cover = np.zeros((3, 4, 4))
+    cover[1, 1:3, 1:3] = 1.0
+    masks = np.zeros((3, 4, 4), bool)
+    masks[1, 1:3, 1:3] = True
+    masks[2, 0, 0] = True  # an object where there is none
+    assert scores.object_iou(masks, cover) == pytest.approx((1 + 1 + 0) / 3)
+    assert scores.object_iou(np.zeros_like(masks), cover) == pytest.approx(2 / 3)  # the object missed
+    with pytest.raises(InvalidInput, match="differ in shape"):
+        scores.object_iou(masks[:2], cover)
+
+
+def test_text_to_video_clips_have_no_iou_or_sharpness_and_the_summary_skips_them():
+    s = state()
+    clip = world.render(s, 12)
+    caption = world.caption(s, 0.5)
+    t2v = scores.score_prompt(clip, caption)
+    assert np.isnan(t2v.iou) and np.isnan(t2v.sharpness)
+    i2v = scores.score_clip(box_blur(clip, 3), s, caption)
+    mixed = scores.summarise([t2v, i2v, t2v])
+    assert mixed["iou"] == pytest.approx(i2v.iou) and mixed["sharpness"] == pytest.approx(i2v.sharpness)
+    assert mixed["found"] == pytest.approx(np.mean([t2v.found, i2v.found, t2v.found]))
+    assert np.isnan(scores.summarise([t2v, t2v])["iou"])
+
+
+def test_spread_is_the_rms_distance_to_the_centroid():
+    corners = np.array([[0, 0], [2, 0], [0, 2], [2, 2], [np.nan, np.nan]], dtype=float)
+    assert scores.spread(corners) == pytest.approx(np.sqrt(2))  # the NaN row (object lost) left out
+    assert scores.spread(corners * 3 + 7) == pytest.approx(3 * np.sqrt(2))  # moves with scale, not place
+    assert np.isnan(scores.spread(corners[[0, 4]]))  # one point has no spread
+    # seeds that all end where one continuation does have none; true continuations of one start do
+    rng = np.random.default_rng(12)
+    ends = [world.centres_px(world.sample_state(rng), 25, 32)[-1] for _ in range(8)]
+    assert scores.spread(np.repeat(ends[:1], 8, axis=0)) == pytest.approx(0, abs=1e-9)
+    assert scores.spread(np.array(ends)) > 3
+

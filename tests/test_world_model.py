@@ -126,33 +126,41 @@ def test_the_readme_main_job_extends_the_world_sample_with_a_true_continuation(t
 
 
 def test_eval_cases_come_from_the_world_asked_for():
-    basic, full = (evaluate.eval_cases(24, height=32, width=48, frames=25, physics=p) for p in world.PHYSICS)
+    basic, full, multimodal = (evaluate.eval_cases(48, height=32, width=48, frames=25, physics=p)
+                               for p in ("basic", "full", "multimodal"))
     assert all(c.state.motion == "moves" and not (c.state.spin or c.state.pan) for c in basic)
     assert {c.state.motion for c in full} == {"moves", "falls"}
     assert any(c.state.spin for c in full) and any(c.state.pan for c in full)
-    assert all(c.prompt == world.caption(c.state, 1.0) for c in basic + full)
+    assert any(world.prompt_terms(c.prompt)["direction"] is None for c in multimodal)
+    assert all(c.prompt == world.caption(c.state, 1.0) for c in basic + full + multimodal)
 
 
 @pytest.mark.slow
 def test_eval_quick_path_prints_every_section(tmp_path):
     out = tmp_path / "scores.json"
-    done = run("eval", "--clips", "1", "--long-runs", "1", "--long-seconds", "2", "--out", str(out))
+    done = run("eval", "--clips", "2", "--long-runs", "1", "--long-seconds", "2", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
-    for title in ("Steps (image-to-video)", "Precision (default: ", "By kind of motion", "Text-to-video",
-                  "Sliding window"):
+    for title in ("Steps (image-to-video)", "Gaps (minus teacher, Euler, 50 steps", "Precision (default: ",
+                  "By kind of motion", "Text-to-video", "Sliding window"):
         assert title in done.stdout
     result = json.loads(out.read_text())
+    assert result["format"] == 2
     assert result["physics"] == result["trained_on"] == CARD["physics"]  # the world the model learnt
-    case = evaluate.eval_cases(1, height=32, width=48, frames=25, physics=CARD["physics"])[0]
-    kinds = evaluate.kinds([case.state])
-    assert [r["variant"] for r in result["kinds"]] == [f"{kind} (1 clip)" for kind in kinds]
+    cases = evaluate.eval_cases(2, height=32, width=48, frames=25, physics=CARD["physics"])
+    kinds = evaluate.kinds([case.state for case in cases])
+    assert [r["variant"].split(" (")[0] for r in result["kinds"]] == list(kinds)
     assert [(r["variant"], r["steps"]) for r in result["steps"]] == [
-        ("teacher, Euler", 50),
-        ("teacher, Euler", 8),
-        ("teacher, Euler", 4),
+        ("VAE reconstruction of the truth", None),
+        *(("teacher, Euler", n) for n in (50, 8, 4, 2, 1)),
         ("DMD2 student", 8),
         ("DMD2 student", 4),
     ]
+    for row in result["steps"]:  # every metric has its interval; every row but the reference its gap
+        for metric in ("psnr_first", "trajectory_px", "direction_ok", "iou", "sharpness"):
+            interval = row["ci"][metric]
+            assert interval["lo"] <= interval["mean"] <= interval["hi"]
+            assert (interval["gap"] is None) == ((row["variant"], row["steps"]) == ("teacher, Euler", 50))
+        assert ("spread_ratio" in row["ci"]) == (row["steps"] is not None)
     assert [r["variant"] for r in result["precision"]] == [
         "default, fp32",
         "default, bf16",

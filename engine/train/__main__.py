@@ -2,16 +2,19 @@
 
     python -m magic141.engine.train --runs runs/world --out resources/world [--threads 2] [--physics basic]
 
-The recipe is a curriculum. The VAE and the teacher learn the basic world first (constant velocity
-and walls); a second teacher run fine-tunes that teacher on the full world (gravity, spin, camera
-pans), and distillation and the text-to-image model train on the full world. The VAE is not
-retrained: the basic one reconstructs full-world clips about as well (``resources/world/README.md``).
-``--physics basic`` distils the basic teacher instead, and names its runs without ``-full``.
+The recipe is a curriculum (``stages``): the VAE and the world probe learn the model's world
+(``--physics``, default multimodal); the teacher learns the basic world first (constant velocity and
+walls), then is fine-tuned on the model's world (gravity, spin, camera pans, two speed bands and
+captions that leave things open); distillation and the text-to-image model train on it. After the
+shipped students, the card's comparisons run: image- and text-to-video students at equal budgets
+with three seeds (the paper's finding ii) and the DMD2 ablations. ``--physics basic`` distils the
+basic teacher instead.
 
 This is the exact recipe of the shipped weights (``resources/world/README.md`` reports what it cost).
-Every stage resumes from its run folder, so an interrupted run continues where it stopped; a stage that
-already reached its step count is skipped. Stages run one after another in this process; to spread one
-stage over several GPUs, run that stage's module under ``torchrun`` (see each module's docstring).
+Every stage resumes from its run folder, so an interrupted run (a session's end, ``kill``) continues
+where it stopped when the same command runs again; a stage that already reached its step count is
+skipped. Stages run one after another in this process; to spread one stage over several GPUs, run
+that stage's module under ``torchrun`` (see each module's docstring).
 """
 
 from __future__ import annotations
@@ -21,41 +24,57 @@ from pathlib import Path
 from types import ModuleType
 
 from .. import world
-from . import dmd2, export, t2i, teacher, vae
+from . import dmd2, export, probe, t2i, teacher, vae
 
-VAE_STEPS = 1500
+VAE_STEPS, VAE_IMAGE_STEPS, VAE_LR = 5000, 3500, 2e-3  # the first 3500 on single frames (vae.py)
+PROBE_STEPS = 1500
 TEACHER_STEPS = 3000
 T2I_STEPS, T2I_VAE_STEPS = 1500, 500
-DMD2_ITERATIONS = 400  # the 4-step student; the 8-step and text-to-video runs (for the card's
-DMD2_SIDE_ITERATIONS = 200  # comparisons) get half, to fit a CPU budget
-FULL_TEACHER_STEPS, FULL_TEACHER_LR = 3000, 3e-4  # the fine-tune on the full world
-PHYSICS = "full"  # what the shipped weights learnt (resources/world/README.md)
-DEFAULT = "teacher"  # at this budget it scores better with 4 Euler steps than the DMD2 student (card)
+WORLD_TEACHER_STEPS, WORLD_TEACHER_LR = 3000, 3e-4  # the fine-tune on the model's world
+DMD2_ITERATIONS = 300  # the shipped 4-step and 8-step students (5 fake-score updates each)
+CURVE_ITERATIONS, CURVE_BATCH = 100, 4  # each convergence and ablation run: equal budgets, to fit a CPU
+CURVE_SEEDS = (0, 1, 2)
+CURVE_EVAL = ["--eval-every", "25", "--eval-clips", "64"]
+ABLATIONS = {"ratio1": ["--fake-updates", "1"], "gan0": ["--gan-weight", "0"]}  # against the defaults
+PHYSICS = "multimodal"  # what the shipped weights learnt (resources/world/README.md)
+DEFAULT = "teacher"  # which DiT transformer/ holds; the card says which scores better
 
 
 def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple[str, ModuleType, list[str]]]:
-    """(run folder name, stage module, its argv) in the order they must run."""
-    vae_run = ["--vae-run", str(runs / "vae")]
+    """(run folder name, stage module, its argv) in the order they must run.
+
+    The curriculum: the VAE and the world probe on ``physics``; a teacher on the basic world, then
+    (unless ``physics`` is basic) fine-tuned on ``physics``; the shipped students and the
+    text-to-image model on it; then the card's comparisons, each at ``CURVE_ITERATIONS``: image- and
+    text-to-video students with ``CURVE_SEEDS`` (finding ii) and the DMD2 ablations.
+    """
+    world_ = ["--physics", physics]
+    vae_run, probe_run = ["--vae-run", str(runs / "vae")], ["--probe-run", str(runs / "probe")]
     learn = [
-        ("vae", vae, ["--steps", str(VAE_STEPS), *threads]),
+        ("vae", vae, ["--steps", str(VAE_STEPS), "--image-steps", str(VAE_IMAGE_STEPS), "--lr", str(VAE_LR),
+                      *world_, *threads]),
+        ("probe", probe, ["--steps", str(PROBE_STEPS), *world_, *threads]),
         ("teacher", teacher, [*vae_run, "--steps", str(TEACHER_STEPS), *threads]),
     ]
-    suffix, teacher_run, on_world = "", "teacher", []
-    if physics == "full":
-        suffix, teacher_run, on_world = "-full", "teacher-full", ["--physics", "full"]
-        fine_tune = ["--init-run", str(runs / "teacher"), "--lr", str(FULL_TEACHER_LR), *on_world]
-        full = [*vae_run, "--steps", str(FULL_TEACHER_STEPS), *fine_tune, *threads]
-        learn.append((teacher_run, teacher, full))
-    teacher_from = ["--teacher-run", str(runs / teacher_run), *vae_run]
-    distil = ["--iterations", str(DMD2_ITERATIONS), *threads]
-    side = ["--iterations", str(DMD2_SIDE_ITERATIONS), *threads]
+    teacher_run = "teacher"
+    if physics != "basic":
+        teacher_run = f"teacher-{physics}"
+        fine_tune = ["--init-run", str(runs / "teacher"), "--lr", str(WORLD_TEACHER_LR), *world_]
+        tune = [*vae_run, "--steps", str(WORLD_TEACHER_STEPS), *fine_tune, *threads]
+        learn.append((teacher_run, teacher, tune))
+    distil = ["--teacher-run", str(runs / teacher_run), *vae_run, *probe_run, *threads]
+    shipped = ["--iterations", str(DMD2_ITERATIONS), *distil]
+    curve = ["--iterations", str(CURVE_ITERATIONS), "--batch", str(CURVE_BATCH), *CURVE_EVAL, *distil]
+    comparisons = [
+        (f"curve-{task}-s{seed}", dmd2, [*curve, "--task", task, "--seed", str(seed)])
+        for seed in CURVE_SEEDS for task in ("i2v", "t2v")
+    ] + [(f"ablation-{name}", dmd2, [*curve, "--task", "i2v", *change]) for name, change in ABLATIONS.items()]
     return [
         *learn,
-        (f"dmd2-i2v4{suffix}", dmd2, [*teacher_from, "--student-steps", "4", "--task", "i2v", *distil]),
-        (f"dmd2-i2v8{suffix}", dmd2, [*teacher_from, "--student-steps", "8", "--task", "i2v", *side]),
-        (f"dmd2-t2v4{suffix}", dmd2, [*teacher_from, "--student-steps", "4", "--task", "t2v", *side]),
-        (f"t2i{suffix}", t2i, ["--steps", str(T2I_STEPS), "--vae-steps", str(T2I_VAE_STEPS), *on_world,
-                               *threads]),
+        ("dmd2-i2v4", dmd2, [*shipped, "--student-steps", "4", "--task", "i2v"]),
+        ("dmd2-i2v8", dmd2, [*shipped, "--student-steps", "8", "--task", "i2v"]),
+        ("t2i", t2i, ["--steps", str(T2I_STEPS), "--vae-steps", str(T2I_VAE_STEPS), *world_, *threads]),
+        *comparisons,
     ]
 
 
@@ -71,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the world the model learns (default: {PHYSICS}; see above)")
     args = parser.parse_args(argv)
     threads = ["--threads", str(args.threads)] if args.threads else []
-    runs = {}
     for name, stage, stage_argv in stages(args.runs, threads, args.physics):
         print(f"== {name}", flush=True)
         stage.main(["--run-dir", str(args.runs / name), *stage_argv])
-        runs[name.removesuffix("-full")] = str(args.runs / name)  # the last of each kind is exported
+    teacher_run = args.runs / ("teacher" if args.physics == "basic" else f"teacher-{args.physics}")
     export.main([
-        "--vae-run", runs["vae"], "--teacher-run", runs["teacher"],
-        "--student-run", runs["dmd2-i2v4"], "--student8-run", runs["dmd2-i2v8"],
-        "--t2i-run", runs["t2i"], "--out", str(args.out), "--default", args.default,
+        "--vae-run", str(args.runs / "vae"), "--teacher-run", str(teacher_run),
+        "--student-run", str(args.runs / "dmd2-i2v4"), "--student8-run", str(args.runs / "dmd2-i2v8"),
+        "--t2i-run", str(args.runs / "t2i"), "--probe-run", str(args.runs / "probe"), "--out", str(args.out),
+        "--default", args.default,
     ])
     return 0
 

@@ -61,8 +61,8 @@ def to_pil(frame: np.ndarray) -> PIL.Image.Image:
 
 # Text and image tokens -------------------------------------------------------------------------
 
-TEXT_TOKENS = {"basic": 64, "full": 96}  # per world: its longest caption is 52 bytes (basic) or 86 (full);
-# the key mask makes padding inert
+TEXT_TOKENS = {"basic": 64, "full": 96, "multimodal": 112}  # per world: its longest caption is 52 bytes
+# (basic), 86 (full) or 94 (multimodal); the key mask makes padding inert
 
 
 class TextFeatures:
@@ -257,7 +257,6 @@ def state_from_json(data: dict) -> world.WorldState:
     )
 
 
-@torch.no_grad()
 def build_pool(
     vae,
     text: dict,
@@ -270,23 +269,43 @@ def build_pool(
     clear: float = 0.0,
     physics: str = "basic",
 ) -> LatentPool:
-    """Render ``count`` clips from ``seed`` and encode them.
+    """Render ``count`` clips from ``seed`` and encode them (``encode_states``).
 
-    ``scaling`` multiplies the VAE's latents; by default it is 1/std of this pool's latents (the
-    training pool sets it; evaluation pools and fine-tuning reuse it). ``clear``: seconds before the
-    first bounce. ``physics``: see ``world.sample_state``. ``text``: the frozen text components.
+    ``clear``: seconds before the first bounce. ``physics``: see ``world.sample_state``.
     """
-    from .components import WIDTH
-
-    device = next(vae.parameters()).device
-    features = TextFeatures(text, device, physics)
     rng = np.random.default_rng([seed, 7])
     aspect = Fraction(WIDTH, HEIGHT)
     states = [world.sample_state(rng, aspect=aspect, clear=clear, physics=physics) for _ in range(count)]
     stale = [s.advance(float(rng.uniform(*STALE_SECONDS))) for s in states]
+    return encode_states(vae, text, states, stale, frames, batch, scaling=scaling, physics=physics)
+
+
+@torch.no_grad()
+def encode_states(
+    vae,
+    text: dict,
+    states: list[world.WorldState],
+    stale: list[world.WorldState] | None = None,
+    frames: int = 25,
+    batch: int = 32,
+    *,
+    scaling: float | None = None,
+    physics: str = "basic",
+) -> LatentPool:
+    """Render each state's clip and encode it, its first frame and first five frames, as the pipeline
+    encodes an image and a window's tail; ``stale`` are the states continuations are prompted from
+    (default: the states themselves).
+
+    ``scaling`` multiplies the VAE's latents; by default it is 1/std of this pool's latents (the
+    training pool sets it; evaluation pools and fine-tuning reuse it). ``text``: the text components
+    (frozen, or the trained model's).
+    """
+    device = next(vae.parameters()).device
+    features = TextFeatures(text, device, physics)
+    stale = states if stale is None else stale
     seconds = float(Fraction(frames - 1) / FPS)
     raw, raw1, raw2, firsts = [], [], [], []
-    for start in range(0, count, batch):
+    for start in range(0, len(states), batch):
         videos = np.stack([world.render(s, frames, HEIGHT, WIDTH) for s in states[start : start + batch]])
         firsts.append(torch.from_numpy(videos[:, 0]))
         pixels = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1).to(device)

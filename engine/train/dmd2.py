@@ -17,12 +17,21 @@ The student's ``x0`` is noised to a random level; the difference of the fake and
 clean-latent predictions there, normalised by the teacher's error, is the distribution-matching
 gradient (the KL gradient between the student's and the data's noised distributions). A small
 classifier head on the fake-score network's features (DMD2's GAN term) is trained to tell noised
-real clips from noised student clips, and the student is trained to fool it. The fake score and
-the head take ``--fake-updates`` steps per student step (two time-scale updates).
+real clips from noised student clips, and the student is trained to fool it.
+
+As DMD2 and its reference code do, the fake score and the head take ``--fake-updates`` (5) steps per
+student step (the two time-scale update rule), each on a fresh batch: new conditions, new noise and
+a new student sample (backward simulation again, without gradients), so the fake score tracks the
+student's current distribution rather than one batch of it. Every noise level the losses draw (the
+distribution-matching level, the GAN's, the fake score's flow matching) is shifted by the student's
+own schedule shift, so they concentrate where the student's steps are.
 
 ``--task i2v`` distils image-to-video (with sliding-window continuations); ``--task t2v`` the same
 teacher's text-to-video mode. Every ``--eval-every`` iterations the student's samples on held-out
-conditions are decoded and scored (``evaluate.py``) into ``log.jsonl``: the convergence curves.
+conditions are decoded and scored (``evaluate.py``) into ``log.jsonl``: the convergence curves. With
+``--probe-run`` (a trained world probe, ``probe.py``) they include the world-FVD of those samples
+against the true clips, a continuous score for both tasks; iteration 0 also logs the teacher's
+50-step samples (``eval_teacher50_*``), the level the gap to close is measured against.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from .flow import (
     noise_like,
     sample_training_sigmas,
     schedule,
+    shift_sigmas,
     velocity,
 )
 from .teacher import load_trained_vae, refresh_pooled, trained_text_components
@@ -54,6 +64,7 @@ from .teacher import load_trained_vae, refresh_pooled, trained_text_components
 TASK_MODES = {"i2v": {"i2v": 0.75, "continue": 0.25}, "t2v": {"t2v": 1.0}}
 EVAL_MODE = {"i2v": "i2v", "t2v": "t2v"}
 DM_SIGMA_RANGE = (0.02, 0.98)
+TEACHER_EVAL_STEPS = 50  # the teacher's samples at iteration 0: the level a student could reach
 
 
 class FeatureHead(torch.nn.Module):
@@ -109,16 +120,30 @@ def noised(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.
     return (1 - s) * x0 + s * noise
 
 
-def dm_sigmas(generator: torch.Generator, n: int, device) -> torch.Tensor:
+def dm_sigmas(generator: torch.Generator, n: int, device, shift: float = 1.0) -> torch.Tensor:
+    """Noise levels for the distribution-matching and GAN terms: uniform in ``DM_SIGMA_RANGE``, then
+    shifted like the student's schedule."""
     lo, hi = DM_SIGMA_RANGE
-    return (lo + (hi - lo) * torch.rand(n, generator=generator)).to(device)
+    return shift_sigmas(lo + (hi - lo) * torch.rand(n, generator=generator), shift).to(device)
+
+
+def student_sample(student, data: Batch, steps: int, shift: float, noise: torch.Tensor, k: int,
+                   predict=None) -> torch.Tensor:
+    """The student's clean latents from step ``k`` of its schedule (backward simulation to there);
+    ``predict`` (the student, or its DDP wrapper) is called with gradients, if given."""
+    x_k, sigma_k = student_inputs(student, data, steps, shift, noise, k)
+    sig = torch.full((x_k.shape[0],), sigma_k, device=x_k.device)
+    if predict is None:
+        with torch.no_grad():
+            return x_k - sigma_k * velocity(student, x_k, sig, data)
+    return x_k - sigma_k * velocity(predict, x_k, sig, data)
 
 
 def train(
     run_dir: Path, teacher_run: Path, vae_run: Path, *, iterations: int, student_steps: int = 4,
-    task: str = "i2v", batch: int = 8, lr: float = 2e-5, fake_lr: float = 1e-4, fake_updates: int = 2,
+    task: str = "i2v", batch: int = 8, lr: float = 2e-5, fake_lr: float = 1e-4, fake_updates: int = 5,
     gan_weight: float = 0.02, shift: float = 5.0, eval_every: int = 50, eval_clips: int = 32,
-    checkpoint_every: int = 100, **options: Any,
+    probe_run: Path | None = None, checkpoint_every: int = 100, **options: Any,
 ) -> dict:
     """Distil for ``iterations``; ``options`` are ``common.Run``'s (seed, device, threads, ...)."""
     if task not in TASK_MODES:
@@ -140,28 +165,38 @@ def train(
     g_model, f_model = common.wrap(student, dist), common.wrap(fake, dist)
     vae = load_trained_vae(vae_run, dist.device) if eval_every else None
     held_out = _eval_pool(run.dir, vae, pool, text, seed, eval_clips, dist) if eval_every else None
+    probe = None
+    if probe_run is not None and eval_every:
+        from .probe import Probe
+
+        probe = Probe()
+        probe.load_state_dict(common.load_weights(probe_run, "probe"))
+        probe = probe.to(dist.device).eval().requires_grad_(False)
     weights = TASK_MODES[task]
     steps = run.steps()
     values: dict = {}
     if eval_every and run.start == 0 and dist.main:
-        run.log(0, **_evaluate(student, vae, held_out, task, student_steps, shift, seed))
-    for step in steps:
-        rng = common.step_rng(seed, step)
-        gen = common.step_generator(seed, step, dist.rank)
+        first = _evaluate(student, vae, held_out, task, student_steps, shift, seed, probe)
+        reference = _evaluate(teacher, vae, held_out, task, TEACHER_EVAL_STEPS, shift, seed, probe)
+        run.log(0, **first, **{k.replace("eval_", "eval_teacher50_"): v for k, v in reference.items()})
+
+    def draw(step: int, stream: int):
+        """Fresh conditions and a student step (every rank draws the global batch, keeps its share)."""
+        rng = common.step_rng(seed, step, 0, stream)
         rows = common.shard(rng.integers(len(pool), size=batch), dist)
-        data = make_batch(pool, rows, list(common.shard(draw_modes(rng, batch, weights), dist))).to(
-            dist.device
-        )
+        modes = list(common.shard(draw_modes(rng, batch, weights), dist))
+        return make_batch(pool, rows, modes).to(dist.device), int(rng.integers(student_steps))
+
+    for step in steps:
+        gen = common.step_generator(seed, step, dist.rank)
+        data, k = draw(step, 0)
         n = len(data)
 
-        # 1. Student: backward simulation to a random step, then x0 with gradients.
-        k = int(rng.integers(student_steps))
-        x_k, sigma_k = student_inputs(student, data, student_steps, shift, noise_like(data.x0, gen), k)
-        sig_k = torch.full((n,), sigma_k, device=dist.device)
-        x0 = x_k - sigma_k * velocity(g_model, x_k, sig_k, data)
+        # 1. Student: backward simulation to a random step k, then x0 with gradients.
+        x0 = student_sample(student, data, student_steps, shift, noise_like(data.x0, gen), k, predict=g_model)
 
         # 2. Distribution matching: fake minus real score at a random noise level.
-        sigma = dm_sigmas(gen, n, dist.device)
+        sigma = dm_sigmas(gen, n, dist.device, shift)
         x_t = noised(x0.detach(), sigma, noise_like(x0, gen))
         with torch.no_grad():
             s = sigma.view(-1, 1, 1, 1, 1)
@@ -173,27 +208,29 @@ def train(
 
         # 3. GAN, generator side: the head should call the student's clip real.
         fake.requires_grad_(False)
-        gan_sigma = dm_sigmas(gen, n, dist.device)
+        gan_sigma = dm_sigmas(gen, n, dist.device, shift)
         _, logit = fake(noised(x0, gan_sigma, noise_like(x0, gen)), gan_sigma, data, with_logit=True)
         fake.requires_grad_(True)
         g_gan = F.softplus(-logit).mean()
         common.optimize(dm_loss + gan_weight * g_gan, [opt_g], student.parameters())
 
-        # 4. Fake score (flow matching on the student's clips) and the head (real vs student), in one
-        #    forward over [student clips for flow matching, noised real clips, noised student clips]:
-        #    one forward per backward keeps DistributedDataParallel's bookkeeping simple.
-        sample = x0.detach()
-        triple = concat_batches([data, data, data])
+        # 4. Fake score (flow matching on the student's clips) and the head (real vs student), each
+        #    update on a fresh batch and a fresh student sample, in one forward over [student clips for
+        #    flow matching, noised real clips, noised student clips]: one forward per backward keeps
+        #    DistributedDataParallel's bookkeeping simple.
         for update in range(fake_updates):
+            fresh, fresh_k = draw(step, 1 + update)
             fgen = common.step_generator(seed, step, dist.rank, stream=1 + update)
-            fm_sigma = sample_training_sigmas(fgen, n).to(dist.device)
+            sample = student_sample(student, fresh, student_steps, shift, noise_like(fresh.x0, fgen), fresh_k)
+            triple = concat_batches([fresh, fresh, fresh])
+            fm_sigma = sample_training_sigmas(fgen, n, shift).to(dist.device)
             fm_noise = noise_like(sample, fgen)
-            d_sigma = dm_sigmas(fgen, n, dist.device)
+            d_sigma = dm_sigmas(fgen, n, dist.device, shift)
             d_noise = noise_like(sample, fgen)
             inputs = torch.cat(
                 [
                     noised(sample, fm_sigma, fm_noise),
-                    noised(data.x0, d_sigma, d_noise),
+                    noised(fresh.x0, d_sigma, d_noise),
                     noised(sample, d_sigma, d_noise),
                 ]
             )
@@ -205,12 +242,12 @@ def train(
         values = run.averaged(dm=dm_loss, g_gan=g_gan, fake_fm=f_fm, d=d_loss)
         done = step + 1
         if eval_every and done % eval_every == 0 and dist.main:
-            values.update(_evaluate(student, vae, held_out, task, student_steps, shift, seed))
+            values.update(_evaluate(student, vae, held_out, task, student_steps, shift, seed, probe))
         run.log(done, **values)
         run.checkpoint(
             done, modules, optimizers, task=task, student_steps=student_steps, batch=batch, lr=lr,
             fake_lr=fake_lr, fake_updates=fake_updates, gan_weight=gan_weight, shift=shift,
-            iterations=iterations, physics=pool.physics,
+            iterations=iterations, physics=pool.physics, eval_clips=eval_clips,
         )
     return run.finish(values)
 
@@ -230,7 +267,11 @@ def _eval_pool(run_dir: Path, vae, pool: LatentPool, text: dict, seed: int, coun
 
 
 @torch.no_grad()
-def _evaluate(student, vae, held: LatentPool, task: str, steps: int, shift: float, seed: int) -> dict:
+def _evaluate(
+    student, vae, held: LatentPool, task: str, steps: int, shift: float, seed: int, probe=None
+) -> dict:
+    from .. import stats, world
+    from .data import state_from_json
     from .flow import euler_sample
 
     was_training = student.training
@@ -240,9 +281,13 @@ def _evaluate(student, vae, held: LatentPool, task: str, steps: int, shift: floa
     noise = torch.randn(data.x0.shape, generator=torch.Generator().manual_seed(seed + 5)).to(data.x0.device)
     latents = euler_sample(student, data, steps, shift, noise)
     frames = decode(vae, latents, held.scaling_factor)
-    result = (score_i2v if task == "i2v" else score_t2v)(frames, held, rows)
+    result = (score_i2v if task == "i2v" else score_t2v)(frames, held, rows).to_json()
+    if probe is not None:
+        truth = np.stack([world.render(state_from_json(s), frames.shape[1], *frames.shape[2:4])
+                          for s in held.states])
+        result["fvd"] = round(stats.frechet_distance(probe.features(frames), probe.features(truth)), 4)
     student.train(was_training)
-    return {f"eval_{k}": v for k, v in result.to_json().items()}
+    return {f"eval_{k}": v for k, v in result.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,10 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--fake-lr", type=float, default=1e-4)
-    parser.add_argument("--fake-updates", type=int, default=2)
+    parser.add_argument("--fake-updates", type=int, default=5, help="fake-score updates per student update")
     parser.add_argument("--gan-weight", type=float, default=0.02)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-clips", type=int, default=32)
+    parser.add_argument("--probe-run", type=Path, help="a world-probe run: adds the world-FVD to evaluations")
     return common.run_cli(parser, train, argv)
 
 

@@ -141,32 +141,6 @@ def _continue(pipe, image, case: Case, *, steps: int, frames: int, shift: float)
     return _uint8(out.frames)
 
 
-def run_i2v(
-    pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0
-) -> tuple[TaskScores, float, list[scores.ClipScores]]:
-    """Image-to-video on every case through ``pipe`` (a ``Magic141Pipeline``): scores, seconds per clip,
-    and each clip's own scores."""
-    import time
-
-    import PIL.Image
-
-    per_clip, spent = [], 0.0
-    for case in cases:
-        clock = time.perf_counter()
-        clip = _continue(pipe, PIL.Image.fromarray(case.image), case, steps=steps, frames=frames, shift=shift)
-        spent += time.perf_counter() - clock
-        per_clip.append(scores.score_clip(clip, case.state, case.prompt, case.image))
-    return _summary(per_clip, i2v=True), spent / len(cases), per_clip
-
-
-def by_kind(cases: list[Case], per_clip: list[scores.ClipScores]) -> dict[str, tuple[int, TaskScores]]:
-    """Clip count and image-to-video scores of each kind of motion among ``cases``."""
-    return {
-        kind: (len(members), _summary([per_clip[i] for i in members], i2v=True))
-        for kind, members in kinds([case.state for case in cases]).items()
-    }
-
-
 def kinds(states: list[world.WorldState]) -> dict[str, list[int]]:
     """Indices of the states in each kind of motion (a state may be in several; empty kinds left out)."""
     tests = {
@@ -180,8 +154,11 @@ def kinds(states: list[world.WorldState]) -> dict[str, list[int]]:
     return {kind: members for kind, members in groups.items() if members}
 
 
-def run_t2v(t2i, pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0) -> TaskScores:
-    """Text-to-video the engine's way: the text-to-image model makes the first frame, then image-to-video."""
+def run_t2v(
+    t2i, pipe, cases: list[Case], *, steps: int, frames: int, shift: float = 5.0
+) -> tuple[TaskScores, list[scores.ClipScores]]:
+    """Text-to-video the engine's way: the text-to-image model makes the first frame, then image-to-video;
+    the scores, and each clip's own."""
 
     from ..t2i import generate_first_frame
 
@@ -192,7 +169,7 @@ def run_t2v(t2i, pipe, cases: list[Case], *, steps: int, frames: int, shift: flo
         clip = _continue(pipe, image, case, steps=steps, frames=frames, shift=shift)
         per_clip.append(scores.score_prompt(clip, case.prompt, image))
     result = _summary(per_clip, i2v=False)
-    return TaskScores(**{**result.__dict__, "psnr_first": scores.summarise(per_clip)["psnr_first"]})
+    return TaskScores(**{**result.__dict__, "psnr_first": scores.summarise(per_clip)["psnr_first"]}), per_clip
 
 
 def run_long(

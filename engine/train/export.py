@@ -13,6 +13,7 @@ like any other (``--model world`` names it), with:
   but not the one in ``transformer/``, for ``magic141 eval``; the pipeline loader ignores folders it is
   not told of;
 * ``t2i/``: the text-to-image ``FluxPipeline`` for first frames;
+* ``probe/``: the world probe (``probe.py``) whose features ``magic141 eval`` takes the world-FVD on;
 * ``training.json``: what each stage ran (steps, wall time, device, physics), read by the model card;
   a teacher fine-tuned from another run (``--init-run``) brings that run's record too (``teacher_init``).
 
@@ -81,6 +82,7 @@ def export(
     student8_run: Path | None,
     t2i_run: Path | None,
     default: str = "dmd2",
+    probe_run: Path | None = None,
 ) -> Path:
     if default not in DEFAULTS:
         raise ValueError(f"default must be one of {', '.join(DEFAULTS)}, got {default!r}")
@@ -135,6 +137,11 @@ def export(
         _cast(*(c for c in t2i.components.values() if isinstance(c, torch.nn.Module)))
         t2i.save_pretrained(staging / "t2i", safe_serialization=True)
         training["t2i"] = summary
+    if probe_run is not None:
+        from .probe import save_probe
+
+        save_probe(probe_run, staging / "probe")
+        training["probe"] = common.run_summary(probe_run)
     (staging / "training.json").write_text(json.dumps(training, indent=1) + "\n")
     for keep in ("README.md", "scores.json"):  # the card and its scores are written by `magic141 eval`
         if (out / keep).is_file():
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-run", type=Path, required=True, help="the 4-step DMD2 run")
     parser.add_argument("--student8-run", type=Path)
     parser.add_argument("--t2i-run", type=Path)
+    parser.add_argument("--probe-run", type=Path, help="the world probe (for magic141 eval's world-FVD)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--default", choices=DEFAULTS, default="dmd2",
                         help="the DiT in transformer/ (see above)")

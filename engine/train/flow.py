@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..pipeline import flow_sigmas
+from .components import HEIGHT
 from .data import LatentPool
 
 MODES = ("i2v", "continue", "t2v")
@@ -164,7 +165,8 @@ def fm_loss(
     return (err if weight is None else err * weight).mean()
 
 
-def object_weight(pool: LatentPool, index, extra: float, spatial: int = 8, temporal: int = 4) -> torch.Tensor:
+def object_weight(pool: LatentPool, index, extra: float, spatial: int | None = None, temporal: int = 4
+                  ) -> torch.Tensor:
     """1 + ``extra`` on the latent cells the object covers (grown by a cell), [B, 1, T, h, w].
 
     The object is a few percent of each frame; where it goes is what the prompt decides, and an
@@ -174,6 +176,7 @@ def object_weight(pool: LatentPool, index, extra: float, spatial: int = 8, tempo
     from .data import state_from_json
 
     _, _, t, h, w = pool.latents.shape
+    spatial = spatial or HEIGHT // h  # the VAE's spatial compression
     frames = (t - 1) * temporal + 1
     height = h * spatial
     centres_y = (np.arange(h) + 0.5) * spatial
