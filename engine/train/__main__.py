@@ -31,7 +31,8 @@ PROBE_STEPS = 1500
 TEACHER_STEPS = 3000
 T2I_STEPS, T2I_VAE_STEPS = 1500, 500
 WORLD_TEACHER_STEPS, WORLD_TEACHER_LR = 3000, 3e-4  # the fine-tune on the model's world
-DMD2_ITERATIONS = 300  # the shipped 4-step and 8-step students (5 fake-score updates each)
+DMD2_ITERATIONS, DMD2_8STEP_ITERATIONS = 600, 300  # the shipped students (version 1: 400 and 200 iterations
+# with 2 fake-score updates each; now 5 each)
 CURVE_ITERATIONS, CURVE_BATCH = 100, 4  # each convergence and ablation run: equal budgets, to fit a CPU
 CURVE_SEEDS = (0, 1, 2)
 CURVE_EVAL = ["--eval-every", "25", "--eval-clips", "64"]
@@ -63,7 +64,7 @@ def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple
         tune = [*vae_run, "--steps", str(WORLD_TEACHER_STEPS), *fine_tune, *threads]
         learn.append((teacher_run, teacher, tune))
     distil = ["--teacher-run", str(runs / teacher_run), *vae_run, *probe_run, *threads]
-    shipped = ["--iterations", str(DMD2_ITERATIONS), *distil]
+
     curve = ["--iterations", str(CURVE_ITERATIONS), "--batch", str(CURVE_BATCH), *CURVE_EVAL, *distil]
     comparisons = [
         (f"curve-{task}-s{seed}", dmd2, [*curve, "--task", task, "--seed", str(seed)])
@@ -71,8 +72,8 @@ def stages(runs: Path, threads: list[str], physics: str = "basic") -> list[tuple
     ] + [(f"ablation-{name}", dmd2, [*curve, "--task", "i2v", *change]) for name, change in ABLATIONS.items()]
     return [
         *learn,
-        ("dmd2-i2v4", dmd2, [*shipped, "--student-steps", "4", "--task", "i2v"]),
-        ("dmd2-i2v8", dmd2, [*shipped, "--student-steps", "8", "--task", "i2v"]),
+        ("dmd2-i2v4", dmd2, ["--iterations", str(DMD2_ITERATIONS), *distil, "--student-steps", "4"]),
+        ("dmd2-i2v8", dmd2, ["--iterations", str(DMD2_8STEP_ITERATIONS), *distil, "--student-steps", "8"]),
         ("t2i", t2i, ["--steps", str(T2I_STEPS), "--vae-steps", str(T2I_VAE_STEPS), *world_, *threads]),
         *comparisons,
     ]
