@@ -9,7 +9,8 @@ Image-to-video clips are sampled in batches exactly as the engine's ``Magic141Pi
    every row is bounded by), the teacher with 50, 8, 4, 2 and 1 Euler steps, and the DMD2 students
    with 8 and 4 steps. Every score has a paired-bootstrap 95 % interval, and every row its gap to the
    50-step teacher with its own interval: first-frame PSNR, trajectory, direction, colour and pan as
-   prompted, object found, flicker, object IoU and edge sharpness against the truth, the world-FVD
+   prompted, object found, flicker, object IoU, edge sharpness and PSNR on the background and on the
+   object against the truth, the world-FVD
    (the world probe's features, when the model folder has ``probe/``), and seed diversity against
    the truth's conditional spread.
 2. Precision: the model's default transformer (4 steps) with fp32 (or bf16 on CUDA) compute, bf16,
@@ -71,6 +72,7 @@ COLUMNS = (  # (key, heading, digits) of the tables; every row's ``ci`` holds th
     ("psnr_first", "PSNR first (dB)", 2), ("trajectory_px", "trajectory (px)", 2),
     ("direction_ok", "direction", 3), ("colour_ok", "colour", 3), ("pan_ok", "pan", 3),
     ("found", "found", 3), ("flicker", "flicker", 2), ("iou", "IoU", 3), ("sharpness", "sharpness", 3),
+    ("psnr_background", "PSNR bg (dB)", 2), ("psnr_object", "PSNR object (dB)", 2),
     ("fvd", "world-FVD", 3), ("spread_ratio", "spread / truth", 2),
 )
 

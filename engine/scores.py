@@ -56,6 +56,16 @@ def psnr(a, b) -> float:
     return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def masked_psnr(frames, truth, mask: np.ndarray) -> float:
+    """PSNR in dB of ``frames`` against ``truth`` (both [n, H, W, 3]) over the pixels of ``mask`` [n, H, W]
+    (every channel); NaN when the mask is empty, 99 when identical there."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return float("nan")
+    mse = float(np.mean((_float255(frames)[mask] - _float255(truth)[mask]) ** 2))
+    return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
 def trajectory_error(tracked: np.ndarray, truth: np.ndarray, diagonal: float) -> float:
     """Mean per-frame distance (pixels) between tracked and true centres; lost frames cost ``diagonal``."""
     tracked, truth = np.asarray(tracked, np.float64), np.asarray(truth, np.float64)
@@ -222,6 +232,8 @@ class ClipScores:
     flicker: float
     iou: float  # object_iou against the true object (NaN for text-to-video)
     sharpness: float  # edge_sharpness against the true clip (NaN for text-to-video)
+    psnr_background: float  # masked_psnr against the true clip where the true object is not (NaN for t2v)
+    psnr_object: float  # the same where it covers any part of a pixel (the VAE's bar is 30 dB on both)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -252,6 +264,8 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
         flicker=flicker(frames, found.masks, true_backgrounds),
         iou=object_iou(found.masks, cover),
         sharpness=edge_sharpness(frames, truth, cover),
+        psnr_background=masked_psnr(frames, truth, cover == 0),
+        psnr_object=masked_psnr(frames, truth, cover > 0),
     )
 
 
@@ -272,14 +286,17 @@ def score_prompt(frames, prompt: str, first_image=None) -> ClipScores:
         flicker=flicker(frames, found.masks),
         iou=float("nan"),
         sharpness=float("nan"),
+        psnr_background=float("nan"),
+        psnr_object=float("nan"),
     )
 
 
 def summarise(scores: list[ClipScores]) -> dict[str, float]:
     """Means over clips (booleans become rates).
 
-    ``iou`` and ``sharpness`` average the clips that have them (NaN only when none has: text-to-video
-    clips, or an empty edge band); every other score is a plain mean, NaN if any clip's is.
+    The scores against the true clip (IoU, sharpness, masked PSNRs) average the clips that have them
+    (NaN only when none has: text-to-video clips, or an empty edge band); every other score is a plain
+    mean, NaN if any clip's is.
     """
     if not scores:
         raise InvalidInput("no clips to summarise")
@@ -294,4 +311,4 @@ def summarise(scores: list[ClipScores]) -> dict[str, float]:
     return out
 
 
-_NAN_SKIPPED = ("iou", "sharpness")
+_NAN_SKIPPED = ("iou", "sharpness", "psnr_background", "psnr_object")

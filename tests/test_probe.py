@@ -72,6 +72,9 @@ def test_training_reduces_the_loss(run):
     assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10])
     meta = common.run_summary(run)
     assert (meta["stage"], meta["physics"], meta["frames"], meta["step"]) == ("probe", "full", 9, 40)
+    # the last checkpoint records what the probe reads of held-out clips, as held_out_errors measures it
+    assert meta["held_out"] == probe.held_out_errors(probe.load_probe(probe.save_probe(run, run / "saved")),
+                                                     physics="full")
 
 
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):

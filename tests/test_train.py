@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def falls(values: list[float], n: int = 5) -> bool:
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("vae")
-    vae.train(run, steps=30, batch=2, frames=5, threads=1, checkpoint_every=15, quiet=True)
+    vae.train(run, steps=30, batch=2, frames=5, threads=1, checkpoint_every=15, quiet=True, held_out_clips=2)
     return run
 
 
@@ -64,6 +65,38 @@ def test_the_vae_learns_and_checkpoints_atomically(vae_run):
     state = json.loads((vae_run / "step-0000030" / "state.json").read_text())
     assert state["meta"]["device"] == "cpu" and state["meta"]["wall_seconds"] > 0
     assert not list(vae_run.glob(".partial-*"))
+    held = {h["physics"]: h for h in state["meta"]["held_out"]}  # how well it keeps the picture, recorded
+    assert set(held) == set(world.PHYSICS)
+    assert all(0 < h["background_db"] < 60 and 0 < h["object_db"] < 60 and h["clips"] == 2
+               for h in held.values())
+
+
+def test_a_frozen_stage_is_weights_only_and_the_recipe_continues_after_it(tmp_path, vae_run, teacher_run):
+    frozen = tmp_path / "vae"
+    shutil.copytree(vae_run, frozen)
+    kept = common.freeze(frozen)
+    assert sorted(p.name for p in kept.iterdir()) == ["model-vae.safetensors", "state.json"]
+    assert [p.name for p in frozen.glob("step-*")] == [kept.name]
+    weights = load_file(kept / "model-vae.safetensors")
+    trained = load_file(common.latest_checkpoint(vae_run) / "model-vae.safetensors")
+    assert all(weights[k].dtype == torch.float16 and torch.allclose(weights[k].float(), trained[k], atol=1e-2)
+               for k in trained)
+    # the same stage again is done already; a longer schedule is refused, not silently restarted
+    assert vae.train(frozen, steps=30, batch=2, frames=5, threads=1, quiet=True, held_out_clips=2)
+    assert common.read_log(frozen) == common.read_log(vae_run)
+    with pytest.raises(CheckpointError, match="was frozen at step 30"):
+        vae.train(frozen, steps=40, batch=2, frames=5, threads=1, quiet=True)
+    # a later stage reads it (a fresh clone has no pools: the teacher builds its own)
+    tuned = tmp_path / "teacher"
+    teacher.train(tuned, frozen, steps=1, batch=2, pool_size=4, frames=5, threads=1, quiet=True,
+                  init_run=_frozen_copy(teacher_run, tmp_path / "frozen-teacher"))
+    assert json.loads((tuned / "latest.json").read_text())["step"] == 1
+
+
+def _frozen_copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("pool"))
+    common.freeze(to)
+    return to
 
 
 def test_the_teacher_learns_flow_matching_on_encoded_world_clips(teacher_run):
@@ -141,6 +174,8 @@ def test_the_export_of_a_full_world_recipe_loads_runs_and_scores_on_its_world(
         "basic", "basic", "full", "full", "full"
     ]
     assert "fine-tuned on the full world" in report.compute_table(training)
+    vae_rows = report.vae_table(training["vae"]).splitlines()[2:]  # the VAE's held-out PSNR, carried over
+    assert [row.split(" | ")[0] for row in vae_rows] == [f"| {p}" for p in world.PHYSICS]
     loaded = load_model(str(out), device="cpu")
     frames = Magic141Pipeline(**loaded.components)(
         PIL.Image.new("RGB", (48, 32), (40, 40, 44)), "a red circle falls", height=32, width=48,

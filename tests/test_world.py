@@ -351,6 +351,22 @@ def test_an_object_a_few_pixels_off_scores_a_lower_iou():
     assert off < true_iou - 0.3 and far < 0.05
 
 
+def test_psnr_against_the_truth_is_split_into_the_object_and_the_background():
+    s = state(x=0.6)
+    clip = world.render(s, 12)
+    caption = world.caption(s, 0.5)
+    exact = scores.score_clip(clip, s, caption)
+    assert exact.psnr_background == 99.0 and exact.psnr_object == 99.0
+    tinted = clip.copy()
+    tinted[..., 2] = np.minimum(tinted[..., 2].astype(int) + 40, 255)  # a bluer clip, object and all
+    blurred = scores.score_clip(box_blur(clip, 3), s, caption)
+    bluer = scores.score_clip(tinted, s, caption)
+    assert bluer.psnr_background < 25 and bluer.psnr_object < 30
+    assert blurred.psnr_object < blurred.psnr_background - 5  # blur costs the object's edges, not flat parts
+    assert np.isnan(scores.masked_psnr(clip, clip, np.zeros(clip.shape[:3], bool)))
+    assert np.isnan(scores.score_prompt(clip, caption).psnr_object)
+
+
 def test_object_iou_counts_empty_frames():
     cover = np.zeros((3, 4, 4))
     cover[1, 1:3, 1:3] = 1.0

@@ -13,8 +13,11 @@ basic teacher instead.
 This is the exact recipe of the shipped weights (``resources/world/README.md`` reports what it cost).
 Every stage resumes from its run folder, so an interrupted run (a session's end, ``kill``) continues
 where it stopped when the same command runs again; a stage that already reached its step count is
-skipped. Stages run one after another in this process; to spread one stage over several GPUs, run
-that stage's module under ``torchrun`` (see each module's docstring).
+skipped. A finished stage is frozen (``common.freeze``: its last weights as float16, its log, no
+optimiser state), small enough to commit: the run folders under ``runs/world/`` in the repository
+are the stages trained so far, so a fresh clone continues the recipe after them. Stages run one after
+another in this process; to spread one stage over several GPUs, run that stage's module under
+``torchrun`` (see each module's docstring).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from pathlib import Path
 from types import ModuleType
 
 from .. import world
-from . import dmd2, export, probe, t2i, teacher, vae
+from . import common, dmd2, export, probe, t2i, teacher, vae
 
-VAE_STEPS, VAE_IMAGE_STEPS, VAE_LR = 5000, 3500, 2e-3  # the first 3500 on single frames (vae.py)
+VAE_STEPS, VAE_IMAGE_STEPS, VAE_LR = 3000, 800, 1e-3  # the first 800 on single frames (vae.py)
 PROBE_STEPS = 1500
 TEACHER_STEPS = 3000
 T2I_STEPS, T2I_VAE_STEPS = 1500, 500
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, stage, stage_argv in stages(args.runs, threads, args.physics):
         print(f"== {name}", flush=True)
         stage.main(["--run-dir", str(args.runs / name), *stage_argv])
+        common.freeze(args.runs / name)
     teacher_run = args.runs / ("teacher" if args.physics == "basic" else f"teacher-{args.physics}")
     export.main([
         "--vae-run", str(args.runs / "vae"), "--teacher-run", str(teacher_run),

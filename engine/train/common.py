@@ -204,6 +204,26 @@ def load_checkpoint(
     return state
 
 
+def freeze(run_dir: Path) -> Path:
+    """Keep only what later stages read of a finished run: its latest weights, as float16 (what the
+    export ships), and its log; the optimiser moments and older checkpoints go. A frozen run is small
+    enough to commit, so a fresh clone resumes the recipe after it (``__main__.py``); it can no
+    longer train further."""
+    folder = finished_checkpoint(run_dir)
+    state = json.loads((folder / "state.json").read_text())
+    for path in folder.glob("model-*.safetensors"):
+        weights = load_file(path)
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, path)
+    for path in folder.glob("optim-*.safetensors"):
+        path.unlink()
+    state.update(frozen=True, optim={})
+    atomic.write_json(folder / "state.json", state, indent=1)
+    for old in Path(run_dir).glob("step-*"):
+        if old != folder:
+            shutil.rmtree(old)
+    return folder
+
+
 def finished_checkpoint(run_dir: Path) -> Path:
     """The latest checkpoint of a stage that a later stage (or the export) reads: it must have one."""
     folder = latest_checkpoint(run_dir)
@@ -283,6 +303,14 @@ class Run:
     def resume(self, modules: Modules, optimizers: Optimizers) -> dict:
         """Restore ``latest`` (there must be one) and continue after its step; returns its ``state.json``."""
         assert self.latest is not None
+        state = json.loads((self.latest / "state.json").read_text())
+        if state.get("frozen"):
+            if state["step"] < self.total:
+                raise CheckpointError(
+                    f"{self.dir} was frozen at step {state['step']} (weights only) and cannot train on to "
+                    f"{self.total}: move it away to train this stage again"
+                )
+            optimizers = {}
         state = load_checkpoint(self.latest, modules, optimizers)
         self.start, self.wall = state["step"], state["meta"]["wall_seconds"]
         return state

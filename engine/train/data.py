@@ -20,7 +20,8 @@ from magic141 import atomic
 from .. import world
 from .components import FPS, HEIGHT, WIDTH
 
-OBJECT_WEIGHT = 4.0  # extra loss weight on the object's pixels: it is a few percent of the frame
+OBJECT_WEIGHT = 16.0  # extra loss weight on the object's pixels: a few percent of the frame (4 learnt them
+# several times slower: 14 dB against 20 dB after 420 single-frame steps)
 
 
 @dataclass

@@ -8,7 +8,9 @@ row's clip is sampled from the case's first frame, caption and seed exactly as t
 ``Magic141Pipeline``'s), decoded, and scored:
 
 * per clip (``scores.score_clip``): first-frame PSNR, trajectory error, direction, colour and pan as
-  prompted, object found, flicker, object IoU and edge sharpness against the truth;
+  prompted, object found, flicker, object IoU and edge sharpness against the truth, and PSNR against
+  the true clip on the background and on the object (for the ceiling row: how well the VAE keeps the
+  picture);
 * per row: the world-FVD, the Fréchet distance between the world probe's features (``probe.py``) of
   the row's clips and of the true clips;
 * seed diversity, on the first cases: where the object ends up across ``DIVERSITY_SEEDS`` seeds, as
@@ -38,7 +40,7 @@ DIVERSITY_SEEDS = 4
 TRUTH_DRAWS = 16
 SEED_STRIDE = 1_000_003  # seed j of a case for diversity: case.seed + (j + 1) * SEED_STRIDE
 CLIP_METRICS = ("psnr_first", "trajectory_px", "direction_ok", "colour_ok", "pan_ok", "found", "flicker",
-                "iou", "sharpness")
+                "iou", "sharpness", "psnr_background", "psnr_object")
 
 
 @dataclass

@@ -4,6 +4,7 @@
 
 * compute: each stage's steps, batch, wall time, device and threads, from ``training.json`` and the
   comparison runs;
+* the VAE: background and object PSNR of its reconstruction of held-out clips of each physics;
 * convergence (the paper's Figure 5 at toy scale): the world-FVD of the image-to-video and the
   text-to-video students at each evaluation of their equal-budget runs, over three seeds, and the
   share of the gap between the teacher with the student's few Euler steps (iteration 0) and the
@@ -49,6 +50,14 @@ def compute_table(training: dict, extra: dict[str, dict] | None = None) -> str:
             f"{meta['device']} x{meta['world_size']} | {meta['threads']} |"
         )
     lines.append(f"| **total** | | | **{total / 60:.1f} min** | | |")
+    return "\n".join(lines)
+
+
+def vae_table(vae: dict) -> str:
+    """What the VAE's last checkpoint recorded of its held-out reconstruction (``vae.held_out_psnr``)."""
+    lines = ["| physics | clips (frames) | background PSNR (dB) | object PSNR (dB) |", "|" + " --- |" * 4]
+    lines += [f"| {h['physics']} | {h['clips']} ({h['frames']}) | {h['background_db']:.2f} | "
+              f"{h['object_db']:.2f} |" for h in vae.get("held_out", [])]
     return "\n".join(lines)
 
 
@@ -120,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {run.name: common.run_summary(run) for found in curves.values() for run in found}
     extra.update({f"ablation-{n}": common.run_summary(args.runs / f"ablation-{n}") for n in ABLATIONS})
     print(compute_table(training, extra))
+    print()
+    print(vae_table(training["vae"]))
     print()
     print(seeds_table(curves))
     print()

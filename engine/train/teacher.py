@@ -15,7 +15,6 @@ with that run's latent scaling: the full recipe learns the basic world first, th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +84,9 @@ def train(
     dist, seed = run.dist, run.seed
     scaling = None
     if init_run is not None:
-        init_pool = Path(init_run) / "pool" / "pool.json"
-        if not init_pool.is_file():
-            raise CheckpointError(f"--init-run {init_run} is not a teacher run: it has no pool/pool.json")
-        scaling = json.loads(init_pool.read_text())["scaling_factor"]
+        scaling = common.run_summary(init_run).get("scaling_factor")
+        if scaling is None:
+            raise CheckpointError(f"--init-run {init_run} is not a teacher run: it records no scaling_factor")
     pool = ensure_pool(run.dir, vae_run, pool_size, seed, frames, dist, physics, scaling)
     text = frozen_text_components()
     pooler = CaptionPooler(text["text_encoder_2"].requires_grad_(True), text["tokenizer_2"], pool.captions)
