@@ -95,7 +95,12 @@ def test_a_family_folder_loads_as_its_family_with_its_weights(tmp_path, name):
     loaded = load_model(str(folder))
     assert loaded.info.family == name and loaded.info.native_fps == family.native_fps
     assert loaded.info.default_steps == family.base.steps  # a folder holds base weights
-    assert torch.equal(first_window(str(folder), tmp_path), first_window(family.tiny_name, tmp_path))
+    saved, built = first_window(str(folder), tmp_path), first_window(family.tiny_name, tmp_path)
+    # the same weights give the same window, but for a few pixels: on some CPUs (and transformers 5.25)
+    # a model read back from its folder sums in another order (HV1.5: 4 % of pixels off, by at most 14
+    # levels; other weights would change them all)
+    off = (saved.int() - built.int()).abs()
+    assert saved.shape == built.shape and off.float().mean() < 0.5 and (off > 0).float().mean() < 0.1
 
 
 def test_a_config_value_of_the_pipeline_is_kept(wan_folder):
