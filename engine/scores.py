@@ -52,7 +52,10 @@ def psnr(a, b) -> float:
     a, b = _float255(a), _float255(b)
     if a.shape != b.shape:
         raise InvalidInput(f"psnr needs images of one shape, got {a.shape} and {b.shape}")
-    mse = float(np.mean((a - b) ** 2))
+    return _decibels(float(np.mean((a - b) ** 2)))
+
+
+def _decibels(mse: float) -> float:
     return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
@@ -62,8 +65,13 @@ def masked_psnr(frames, truth, mask: np.ndarray) -> float:
     mask = np.asarray(mask, bool)
     if not mask.any():
         return float("nan")
-    mse = float(np.mean((_float255(frames)[mask] - _float255(truth)[mask]) ** 2))
-    return 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    return _decibels(float(np.mean((_float255(frames)[mask] - _float255(truth)[mask]) ** 2)))
+
+
+def background_and_object_psnr(frames, truth, cover: np.ndarray) -> tuple[float, float]:
+    """``masked_psnr`` where the true object is not (``cover`` 0) and where it covers any part of a pixel."""
+    cover = np.asarray(cover)
+    return masked_psnr(frames, truth, cover == 0), masked_psnr(frames, truth, cover > 0)
 
 
 def trajectory_error(tracked: np.ndarray, truth: np.ndarray, diagonal: float) -> float:
@@ -254,6 +262,7 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
     terms = world.prompt_terms(prompt)
     true_centres = world.centres_px(state, n, height, fps=fps)
     cover = world.coverage(state, world.frame_times(n, fps), height, width)
+    background, obj = background_and_object_psnr(frames, truth, cover)
     return ClipScores(
         psnr_first=psnr(frames[0], condition),
         trajectory_px=trajectory_error(found.centres, true_centres, float(np.hypot(height, width))),
@@ -264,8 +273,8 @@ def score_clip(frames, state: world.WorldState, prompt: str, condition=None, *, 
         flicker=flicker(frames, found.masks, true_backgrounds),
         iou=object_iou(found.masks, cover),
         sharpness=edge_sharpness(frames, truth, cover),
-        psnr_background=masked_psnr(frames, truth, cover == 0),
-        psnr_object=masked_psnr(frames, truth, cover > 0),
+        psnr_background=background,
+        psnr_object=obj,
     )
 
 

@@ -82,7 +82,8 @@ def test_a_frozen_stage_is_weights_only_and_the_recipe_continues_after_it(tmp_pa
     assert all(weights[k].dtype == torch.float16 and torch.allclose(weights[k].float(), trained[k], atol=1e-2)
                for k in trained)
     # the same stage again is done already; a longer schedule is refused, not silently restarted
-    assert vae.train(frozen, steps=30, batch=2, frames=5, threads=1, quiet=True, held_out_clips=2)
+    again = vae.train(frozen, steps=30, batch=2, frames=5, threads=1, quiet=True, held_out_clips=2)
+    assert "rec" not in again  # no step ran
     assert common.read_log(frozen) == common.read_log(vae_run)
     with pytest.raises(CheckpointError, match="was frozen at step 30"):
         vae.train(frozen, steps=40, batch=2, frames=5, threads=1, quiet=True)

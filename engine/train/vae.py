@@ -106,8 +106,9 @@ HELD_OUT_SEED = 99  # training draws seed 0's streams; this one's clips are neve
 @torch.no_grad()
 def held_out_psnr(vae, physics: str, clips: int = 32, frames: int = 25, seed: int = HELD_OUT_SEED) -> dict:
     """Mean PSNR (dB) of the VAE's reconstruction (the posterior's mode, as the pipeline encodes) of
-    ``clips`` held-out world clips, on the background and on the object (``scores.masked_psnr``, the
-    masks ``magic141 eval`` uses); the model card's bar is 30 dB on both, in each physics."""
+    ``clips`` held-out world clips, on the background and on the object
+    (``scores.background_and_object_psnr``, as ``magic141 eval`` scores them); the model card's bar is
+    30 dB on both, in each physics."""
     from .. import scores
 
     device = next(vae.parameters()).device
@@ -122,8 +123,9 @@ def held_out_psnr(vae, physics: str, clips: int = 32, frames: int = 25, seed: in
         for clip, state in zip(pixels, rendered.states[start : start + 8], strict=True):
             truth = world.render(state, frames, *clip.shape[1:3])
             cover = world.coverage(state, world.frame_times(frames), *clip.shape[1:3])
-            background.append(scores.masked_psnr(clip, truth, cover == 0))
-            obj.append(scores.masked_psnr(clip, truth, cover > 0))
+            pair = scores.background_and_object_psnr(clip, truth, cover)
+            background.append(pair[0])
+            obj.append(pair[1])
     vae.train(was_training)
     return {"physics": physics, "clips": clips, "frames": frames,
             "background_db": round(float(np.mean(background)), 2), "object_db": round(float(np.mean(obj)), 2)}
