@@ -72,9 +72,13 @@ def dit_config(**changes: Any) -> dict[str, Any]:
     ) | changes
 
 
-def video_vae_config(**changes: Any) -> dict[str, Any]:
-    """``AutoencoderKLHunyuanVideo`` arguments: the real 16 latent channels, 8x in space, 4x in time."""
-    return dict(latent_channels=LATENT_CHANNELS, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+def video_vae_config(block_out_channels: tuple[int, ...] = (8, 8, 16, 16), **changes: Any) -> dict[str, Any]:
+    """``AutoencoderKLHunyuanVideo`` arguments: the real 16 latent channels, 8x in space, 4x in time
+    (one down and one up block per width)."""
+    blocks = len(block_out_channels)
+    return dict(latent_channels=LATENT_CHANNELS, block_out_channels=block_out_channels, layers_per_block=1,
+                down_block_types=("HunyuanVideoDownBlock3D",) * blocks,
+                up_block_types=("HunyuanVideoUpBlock3D",) * blocks,
                 norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4) | changes
 
 

@@ -19,7 +19,7 @@ from magic141.engine import eval_cli, world
 from magic141.engine.models import load_model
 from magic141.engine.pipeline import Magic141Pipeline
 from magic141.engine.train import common, dmd2, export, probe, report, t2i, teacher, vae
-from magic141.engine.train.components import build_dit
+from magic141.engine.train.components import build_dit, build_vae
 from magic141.engine.train.data import state_from_json
 from magic141.errors import CheckpointError
 
@@ -69,6 +69,25 @@ def test_the_vae_learns_and_checkpoints_atomically(vae_run):
     assert set(held) == set(world.PHYSICS)
     assert all(0 < h["background_db"] < 60 and 0 < h["object_db"] < 60 and h["clips"] == 2
                for h in held.values())
+
+
+def test_a_vae_started_frame_by_frame_encodes_each_latent_frame_from_its_own_frames():
+    """From the default init every latent frame is mostly the clip's first frame (the causal padding's
+    copies of it), and training on moving clips settled on a still picture; see vae.start_frame_by_frame."""
+
+    def dependence(model) -> tuple[float, float]:  # last latent frame: on the first frame, on its own four
+        video = torch.rand(1, 3, 9, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        video.requires_grad_(True)
+        latent = model.encode(video).latent_dist.mode()
+        (grad,) = torch.autograd.grad(latent[:, :, -1].abs().sum(), video)
+        per_frame = grad.abs().mean((0, 1, 3, 4))
+        return float(per_frame[0]), float(per_frame[5:].mean())
+
+    first, own = dependence(build_vae(0))
+    assert first > 20 * own  # what went wrong (about 40 times)
+    vae.start_frame_by_frame(started := build_vae(0))
+    first, own = dependence(started)
+    assert first < 2 * own  # its own frames count about as much as the first (the downsamplers still mix)
 
 
 def test_a_frozen_stage_is_weights_only_and_the_recipe_continues_after_it(tmp_path, vae_run, teacher_run):
