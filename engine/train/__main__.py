@@ -29,7 +29,7 @@ from types import ModuleType
 from .. import world
 from . import common, dmd2, export, probe, t2i, teacher, vae
 
-VAE_STEPS, VAE_IMAGE_STEPS, VAE_LR = 3000, 800, 3e-4  # the first 800 on single frames (vae.py)
+VAE_STEPS, VAE_IMAGE_STEPS, VAE_LR = 5000, 800, 3e-4  # the first 800 on single frames (vae.py)
 PROBE_STEPS = 1500
 TEACHER_STEPS = 3000
 T2I_STEPS, T2I_VAE_STEPS = 1500, 500

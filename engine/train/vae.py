@@ -1,7 +1,7 @@
 """Stage 1: train the causal video VAE (``AutoencoderKLHunyuanVideo``) on world clips.
 
-    python -m magic141.engine.train.vae --run-dir runs/vae --steps 3000
-    torchrun --nproc_per_node=4 -m magic141.engine.train.vae --run-dir runs/vae --steps 3000
+    python -m magic141.engine.train.vae --run-dir runs/vae --steps 5000
+    torchrun --nproc_per_node=4 -m magic141.engine.train.vae --run-dir runs/vae --steps 5000
 
 Loss: L1 + MSE of the reconstruction, weighted up on the object's pixels (a few percent of each
 frame, and what every score looks at), a small KL term so that latents stay well scaled, and the
@@ -159,7 +159,7 @@ def held_out_psnr(vae, physics: str, clips: int = 32, frames: int = 25, seed: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.stage_parser("vae", __doc__, checkpoint_every=200, renders=True)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=8, help="global batch (split across ranks)")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--lr", type=float, default=3e-4)
