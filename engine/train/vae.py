@@ -10,10 +10,10 @@ last term the object's pixels dominate the gradient and every plain background c
 colour for hundreds of steps (at 200-1200 steps, with 1, 4 or 8 norm groups, learning rates of 1e-3
 and 2e-3, and with colour-jittered inputs); with it the four backgrounds come back distinct, in the
 right order, after 200 steps.
-The learning rate is 3e-4. At 1e-3 the VAE stalled: overfitting 4 fixed frames, 400 steps reached
-27.2 / 20.3 dB (background / object) against 31.0 / 31.5 at 3e-4, and in a run at 1e-3 the video steps'
-loss barely moved (0.43 at step 801, 0.38 at step 2301). (A causal convolution pads a lone frame by repeating
-it, so its three time taps act as one kernel that Adam moves three times as fast.)
+The learning rate is 3e-4: overfitting 4 fixed frames from the default init, 400 steps reached
+27.2 / 20.3 dB (background / object) at 1e-3 against 31.0 / 31.5 at 3e-4 (a lone frame padded by
+copies of itself probably makes the three time taps act as one kernel that Adam moves three times as
+fast). Video steps stalled for another reason, see ``start_frame_by_frame``.
 The decoder reconstructs from the posterior's mode, which is also what the pipeline encodes with:
 decoding sampled latents (unit noise at the start) learned several times slower at this budget.
 Clips are 9 frames (3 latent frames: the causal first frame and two groups of four), enough for
@@ -80,8 +80,7 @@ def start_frame_by_frame(vae) -> None:
     With the default init, a causal convolution pads the clip's front with copies of its first frame,
     and through the stack these copies outweigh everything else: in a 9-frame clip the last latent frame
     depended on the first frame about 40 times as much as on each of its own four frames (1.5 times
-    when started frame by frame). Training on moving clips
-    then settled on a still picture (4 fixed clips, 700 steps: the latent frames differed by 0.001 and
+    when started frame by frame). Training on moving clips then settled on a still picture (4 fixed clips, 700 steps: the latent frames differed by 0.001 and
     the decoded frames by 0.001 levels against the true 1.5, at 21.7 / 17.8 dB). From this start the
     same clips reached 26.0 / 19.4 dB after 200 steps, and the decoded frames moved as the true ones.
     """
