@@ -80,9 +80,10 @@ def start_frame_by_frame(vae) -> None:
     With the default init, a causal convolution pads the clip's front with copies of its first frame,
     and through the stack these copies outweigh everything else: in a 9-frame clip the last latent frame
     depended on the first frame about 40 times as much as on each of its own four frames (1.5 times
-    when started frame by frame). Training on moving clips then settled on a still picture (4 fixed clips, 700 steps: the latent frames differed by 0.001 and
-    the decoded frames by 0.001 levels against the true 1.5, at 21.7 / 17.8 dB). From this start the
-    same clips reached 26.0 / 19.4 dB after 200 steps, and the decoded frames moved as the true ones.
+    when started frame by frame). Training on moving clips then settled on a still picture (4 fixed
+    clips, 700 steps: the latent frames differed by 0.001 and the decoded frames by 0.001 levels
+    against the true 1.5, at 21.7 / 17.8 dB). From this start the same clips reached 26.0 / 19.4 dB
+    after 200 steps, and the decoded frames moved as the true ones.
     """
     for module in vae.modules():
         conv = getattr(module, "conv", None)
