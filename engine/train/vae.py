@@ -102,10 +102,11 @@ def train(
     run = common.Run(run_dir, "vae", steps=steps, checkpoint_every=checkpoint_every, **options)
     dist, seed = run.dist, run.seed
     vae = build_vae(seed).to(dist.device).train()
-    start_frame_by_frame(vae)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     if run.latest is not None:
         run.resume({"vae": vae}, {"vae": optimizer})
+    else:
+        start_frame_by_frame(vae)
     model = common.wrap(VAELoss(vae), dist)
     per_rank = max(1, batch // dist.world)
     values: dict = {}
